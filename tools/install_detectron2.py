@@ -116,9 +116,9 @@ def rewrite_wheel(src: Path, out_dir: Path) -> Path:
             files = {
                 "METADATA": _metadata(metadata, version).encode(),
                 "WHEEL": (
-                    "Wheel-Version: 1.0\nGenerator: onestage-seg install_detectron2\n"
-                    "Root-Is-Purelib: true\nTag: py3-none-any\n"
-                ).encode(),
+                    b"Wheel-Version: 1.0\nGenerator: onestage-seg install_detectron2\n"
+                    b"Root-Is-Purelib: true\nTag: py3-none-any\n"
+                ),
                 "top_level.txt": b"detectron2\n",
             }
             for leaf, data in files.items():
@@ -159,7 +159,9 @@ def install(python: str, wheel: Path | None, expected_sha256: str, force: bool =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--python", default=sys.executable, help="interpreter whose environment to install into")
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter whose environment to install into"
+    )
     parser.add_argument("--wheel", type=Path, help="use this sal-detectron2 wheel instead of downloading it")
     parser.add_argument("--sha256", default=WHEEL_SHA256, help="expected sha256 of the wheel")
     parser.add_argument("--force", action="store_true", help="install even if detectron2 already imports")
