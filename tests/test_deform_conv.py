@@ -1,0 +1,240 @@
+"""DeformConv / ModulatedDeformConv against a plain-torch bilinear-sampling reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from centermask.layers import DeformConv, DeformConvPack, ModulatedDeformConv, ModulatedDeformConvPack
+
+
+def _bilinear_zero(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """Sample x (N, C, H, W) at float positions py, px (N, Ho, Wo); pixels outside the image read 0."""
+    n, c, h, w = x.shape
+    y0, x0 = py.floor(), px.floor()
+    out = x.new_zeros(n, c, *py.shape[1:])
+    flat = x.reshape(n, c, h * w)
+    for cy, wy in ((y0, 1 - (py - y0)), (y0 + 1, py - y0)):
+        for cx, wx in ((x0, 1 - (px - x0)), (x0 + 1, px - x0)):
+            inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+            idx = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long().reshape(n, 1, -1).expand(n, c, -1)
+            vals = flat.gather(2, idx).reshape(out.shape)
+            out = out + vals * (wy * wx * inside).unsqueeze(1)
+    return out
+
+
+def reference_deform_conv(x, offset, weight, bias, stride, padding, dilation, groups, dgroups, mask=None):
+    """Direct definition: out[o] = sum_{c,k} w[o,c,k] * m_k * bilinear(x_c, p0 + p_k + dp_k)."""
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = offset.shape[2:]
+    k_taps = kh * kw
+    cg = c // dgroups
+    base_y = (torch.arange(ho, dtype=x.dtype) * stride[0] - padding[0]).view(1, ho, 1)
+    base_x = (torch.arange(wo, dtype=x.dtype) * stride[1] - padding[1]).view(1, 1, wo)
+    cols = []  # per tap: (N, C, Ho, Wo)
+    for k in range(k_taps):
+        i, j = divmod(k, kw)
+        per_group = []
+        for g in range(dgroups):
+            ch = 2 * (g * k_taps + k)
+            py = base_y + i * dilation[0] + offset[:, ch]
+            px = base_x + j * dilation[1] + offset[:, ch + 1]
+            s = _bilinear_zero(x[:, g * cg : (g + 1) * cg], py, px)
+            if mask is not None:
+                s = s * mask[:, g * k_taps + k].unsqueeze(1)
+            per_group.append(s)
+        cols.append(torch.cat(per_group, dim=1))
+    cols = torch.stack(cols, dim=2).reshape(n, groups, c // groups, k_taps, ho, wo)
+    wt = weight.reshape(groups, o // groups, c // groups, k_taps)
+    out = torch.einsum("ngckhw,gock->ngohw", cols, wt).reshape(n, o, ho, wo)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+def _out_size(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+CASES = [
+    # (in, out, kernel, stride, padding, dilation, groups, deformable_groups, bias)
+    (4, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, False),
+    (4, 6, (3, 3), (2, 2), (1, 1), (1, 1), 2, 2, True),
+    (6, 4, (3, 2), (1, 2), (2, 0), (2, 1), 2, 3, True),
+    (4, 4, (1, 1), (1, 1), (0, 0), (1, 1), 4, 4, False),
+]
+
+
+def _inputs(case, modulated, seed=0):
+    cin, cout, k, s, p, d, groups, dg, bias = case
+    gen = torch.Generator().manual_seed(seed)
+    cls = ModulatedDeformConv if modulated else DeformConv
+    m = cls(cin, cout, k, stride=s, padding=p, dilation=d, groups=groups, deformable_groups=dg, bias=bias)
+    m = m.double()
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(m.weight.shape, generator=gen, dtype=torch.float64))
+        if m.bias is not None:
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen, dtype=torch.float64))
+    h, w = 7, 6
+    ho, wo = _out_size(h, k[0], s[0], p[0], d[0]), _out_size(w, k[1], s[1], p[1], d[1])
+    x = torch.randn(2, cin, h, w, generator=gen, dtype=torch.float64)
+    # offsets up to +-3 px: many samples land between pixels and some fall outside the image
+    offset = 3 * (2 * torch.rand(2, 2 * dg * k[0] * k[1], ho, wo, generator=gen, dtype=torch.float64) - 1)
+    mask = torch.rand(2, dg * k[0] * k[1], ho, wo, generator=gen, dtype=torch.float64) if modulated else None
+    return m, x, offset, mask
+
+
+def _run_both(m, x, offset, mask):
+    tensors = [x, offset] + ([mask] if mask is not None else [])
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+    args = leaves[:2] + ([leaves[2]] if mask is not None else [])
+    ours = m(*args)
+    ref_leaves = [t.clone().requires_grad_(True) for t in tensors]
+    ref_w = m.weight.detach().clone().requires_grad_(True)
+    ref_b = m.bias.detach().clone().requires_grad_(True) if m.bias is not None else None
+    ref = reference_deform_conv(
+        ref_leaves[0],
+        ref_leaves[1],
+        ref_w,
+        ref_b,
+        m.stride,
+        m.padding,
+        m.dilation,
+        m.groups,
+        m.deformable_groups,
+        mask=ref_leaves[2] if mask is not None else None,
+    )
+    return ours, ref, leaves, ref_leaves, ref_w, ref_b
+
+
+@pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("case", CASES)
+def test_forward_backward_match_reference(case, modulated):
+    m, x, offset, mask = _inputs(case, modulated)
+    ours, ref, leaves, ref_leaves, ref_w, ref_b = _run_both(m, x, offset, mask)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+
+    grad_out = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (ours * grad_out).sum().backward()
+    (ref * grad_out).sum().backward()
+    names = ["input", "offset", "mask"]
+    for name, a, b in zip(names, leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-9, msg=f"grad wrt {name}")
+        assert b.grad.abs().sum() > 0
+    torch.testing.assert_close(m.weight.grad, ref_w.grad, rtol=1e-7, atol=1e-9)
+    if ref_b is not None:
+        torch.testing.assert_close(m.bias.grad, ref_b.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_hand_computed_bilinear_and_zero_padding():
+    # 1x1 kernel, weight 1: the output is just the bilinear sample at (y + dy, x + dx).
+    m = DeformConv(1, 1, 1).double()
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]], dtype=torch.float64)
+    offset = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    offset[:, 0] = 0.5  # dy
+    offset[:, 1] = 0.25  # dx
+    out = m(x, offset)
+    # (0,0) samples (0.5, 0.25): .5*.75*0 + .5*.25*1 + .5*.75*2 + .5*.25*3 = 1.25
+    # (0,1) samples (0.5, 1.25): .5*.75*1 + .5*.75*3 (right corners are outside -> 0) = 1.5
+    # (1,0) samples (1.5, 0.25): .5*.75*2 + .5*.25*3 = 1.125
+    # (1,1) samples (1.5, 1.25): only (1,1) inside, weight .5*.75 -> 1.125
+    expected = torch.tensor([[[[1.25, 1.5], [1.125, 1.125]]]], dtype=torch.float64)
+    torch.testing.assert_close(out, expected)
+
+    mm = ModulatedDeformConv(1, 1, 1, bias=True).double()
+    with torch.no_grad():
+        mm.weight.fill_(2.0)
+        mm.bias.fill_(1.0)
+    mask = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(mm(x, offset, mask), expected + 1.0)
+
+
+def test_offset_channel_layout_dy_dx_and_groups():
+    # 1x1 kernel, 2 deformable groups, identity weight (groups=2 so each output channel sees one input).
+    m = DeformConv(2, 2, 1, groups=2, deformable_groups=2).double()
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    x = torch.arange(2 * 4 * 4, dtype=torch.float64).reshape(1, 2, 4, 4)
+    offset = torch.zeros(1, 4, 4, 4, dtype=torch.float64)
+    offset[:, 2] = 1.0  # group 1, tap 0, dy = +1: channel 1 reads the row below
+    out = m(x, offset)
+    torch.testing.assert_close(out[:, 0], x[:, 0])
+    torch.testing.assert_close(out[:, 1, :3], x[:, 1, 1:])
+    assert (out[:, 1, 3] == 0).all()
+    offset.zero_()
+    offset[:, 1] = -1.0  # group 0, tap 0, dx = -1: channel 0 reads the column to the left
+    out = m(x, offset)
+    torch.testing.assert_close(out[:, 0, :, 1:], x[:, 0, :, :3])
+    assert (out[:, 0, :, 0] == 0).all()
+    torch.testing.assert_close(out[:, 1], x[:, 1])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_zero_offset_equals_conv2d(case):
+    cin, cout, k, s, p, d, groups, dg, bias = case
+    m, x, offset, _ = _inputs(case, modulated=False)
+    offset = torch.zeros_like(offset)
+    expected = F.conv2d(x, m.weight, m.bias, s, p, d, groups)
+    torch.testing.assert_close(m(x, offset), expected)
+
+    mm, x, offset, mask = _inputs(case, modulated=True)
+    expected = F.conv2d(x, mm.weight, mm.bias, s, p, d, groups)
+    torch.testing.assert_close(mm(x, torch.zeros_like(offset), torch.ones_like(mask)), expected)
+
+
+def test_empty_batch():
+    for m, extra in ((DeformConv(4, 8, 3, padding=1), ()), (ModulatedDeformConv(4, 8, 3, padding=1), (9,))):
+        x = torch.zeros(0, 4, 5, 6, requires_grad=True)
+        offset = torch.zeros(0, 18, 5, 6, requires_grad=True)
+        args = [x, offset] + [torch.zeros(0, c, 5, 6) for c in extra]
+        y = m(*args)
+        assert y.shape == (0, 8, 5, 6)
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+        assert m.weight.grad is not None and (m.weight.grad == 0).all()
+
+
+def test_norm_activation_and_defaults():
+    norm = torch.nn.BatchNorm2d(3).eval()
+    with torch.no_grad():
+        norm.bias.fill_(-100.0)
+    m = DeformConv(2, 3, 3, padding=1, norm=norm, activation=torch.relu)
+    assert m.bias is None and ModulatedDeformConv(2, 3, 3).bias is not None
+    assert ModulatedDeformConv(2, 3, 3, 1, 0, 1, 1, 1, False).bias is None  # Detectron2 positional order
+    x = torch.randn(1, 2, 4, 4)
+    assert (m(x, torch.zeros(1, 18, 4, 4)) == 0).all()  # bias -100 then relu
+    with pytest.raises(ValueError, match="deformable_groups"):
+        DeformConv(6, 4, 3, deformable_groups=4)
+    with pytest.raises(ValueError, match="groups"):
+        DeformConv(6, 4, 3, groups=4)
+
+
+@pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
+def test_pack_predicts_its_own_offsets(modulated):
+    torch.manual_seed(0)
+    cls = ModulatedDeformConvPack if modulated else DeformConvPack
+    m = cls(4, 6, 3, stride=2, padding=1, deformable_groups=2, bias=False).double()
+    assert m.conv_offset.out_channels == (3 if modulated else 2) * 2 * 9
+    assert m.conv_offset.stride == (2, 2) and m.conv_offset.bias is not None
+    assert (m.conv_offset.weight == 0).all() and (m.conv_offset.bias == 0).all()
+    x = torch.randn(1, 4, 7, 7, dtype=torch.float64)
+    conv = F.conv2d(x, m.weight, None, 2, 1)
+    # zero init: plain conv (v1) / plain conv times sigmoid(0) = 0.5 (v2)
+    torch.testing.assert_close(m(x), conv * (0.5 if modulated else 1.0))
+
+    with torch.no_grad():
+        m.conv_offset.bias.uniform_(-2, 2)
+    o = m.conv_offset(x)
+    n = 2 * 2 * 9
+    if modulated:
+        expected = ModulatedDeformConv.forward(m, x, o[:, :n], o[:, n:].sigmoid())
+    else:
+        expected = DeformConv.forward(m, x, o)
+    torch.testing.assert_close(m(x), expected)
+    m(x).sum().backward()
+    assert m.conv_offset.weight.grad.abs().sum() > 0
