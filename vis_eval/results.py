@@ -1,0 +1,306 @@
+"""YouTube-VIS results files: encoding, writing, zipping for the server, validation (spec §3).
+
+A results file is a JSON list of video instances::
+
+    {"video_id": int, "category_id": int (dataset id), "score": float,
+     "segmentations": [{"size": [H, W], "counts": str} or null] * T}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+__all__ = [
+    "encode_mask",
+    "normalize_results",
+    "write_results_json",
+    "write_submission_zip",
+    "load_results_file",
+    "ValidationReport",
+    "validate_results",
+]
+
+_RLE_CHARS = re.compile(r"^[0-o]*$")  # compressed RLE uses the characters 48..111
+
+
+def encode_mask(mask: Any) -> dict:
+    """Compressed RLE (``counts`` as str) of one ``H x W`` binary mask (NumPy array or torch tensor)."""
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected an H x W mask, got shape {mask.shape}")
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def _plain_rle(segm: Any) -> Any:
+    if segm is None:
+        return None
+    if isinstance(segm, dict):
+        counts = segm.get("counts")
+        if isinstance(counts, bytes):
+            counts = counts.decode("ascii")
+        return {"size": [int(x) for x in segm["size"]], "counts": counts}
+    return segm
+
+
+def normalize_results(results: list[dict]) -> list[dict]:
+    """JSON-ready copies: Python ints/floats, RLE ``counts`` as str, no extra keys."""
+    out = []
+    for r in results:
+        out.append(
+            {
+                "video_id": int(r["video_id"]),
+                "category_id": int(r["category_id"]),
+                "score": float(r["score"]),
+                "segmentations": [_plain_rle(s) for s in r["segmentations"]],
+            }
+        )
+    return out
+
+
+def write_results_json(results: list[dict], path: str | os.PathLike) -> str:
+    """Write the results list as JSON (normalised); returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(normalize_results(results), f)
+    return path
+
+
+def write_submission_zip(results: list[dict] | str | os.PathLike, zip_path: str | os.PathLike) -> str:
+    """Zip a results list (or an existing results JSON file) as ``results.json`` at the archive root,
+    the layout the CodaLab servers expect (spec §3.2); returns the zip path."""
+    zip_path = os.fspath(zip_path)
+    os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        if isinstance(results, list):
+            zf.writestr("results.json", json.dumps(normalize_results(results)))
+        else:
+            zf.write(os.fspath(results), arcname="results.json")
+    return zip_path
+
+
+def load_results_file(path: str | os.PathLike) -> Any:
+    """Parse a results ``.json`` or a submission ``.zip`` (its ``results.json``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"results file not found: {path}")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if "results.json" not in names:
+                raise ValueError(
+                    f"{path}: the archive must contain results.json at its root (found {names[:5]})"
+                )
+            text = zf.read("results.json").decode("utf-8")
+    else:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+
+
+@dataclass
+class ValidationReport:
+    """Problems found by :func:`validate_results`: errors make the file unusable, warnings do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    n_errors: int = 0
+    n_warnings: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.n_errors == 0
+
+    def __str__(self) -> str:
+        lines = [f"ERROR: {m}" for m in self.errors]
+        if self.n_errors > len(self.errors):
+            lines.append(f"... and {self.n_errors - len(self.errors)} more errors")
+        lines += [f"warning: {m}" for m in self.warnings]
+        if self.n_warnings > len(self.warnings):
+            lines.append(f"... and {self.n_warnings - len(self.warnings)} more warnings")
+        lines.append("OK" if self.ok else f"{self.n_errors} error(s)")
+        return "\n".join(lines)
+
+    def raise_if_invalid(self) -> None:
+        if not self.ok:
+            raise ValueError(f"invalid results:\n{self}")
+
+
+def _videos_and_categories(gt: Any) -> tuple[dict[int, tuple[int, int, int]], set[int] | None]:
+    """``{video_id: (length, height, width)}`` and the dataset category ids (None if unknown)."""
+    if isinstance(gt, (str, os.PathLike)) and not os.path.exists(os.fspath(gt)):
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+
+        name = os.fspath(gt)
+        if name not in DatasetCatalog.list():
+            raise FileNotFoundError(f"{name} is neither a file nor a registered dataset")
+        meta = MetadataCatalog.get(name)
+        json_file = meta.get("json_file")
+        if json_file and os.path.isfile(json_file):
+            return _videos_and_categories(json_file)
+        cats = meta.get("thing_dataset_id_to_contiguous_id")
+        videos, _ = _videos_and_categories(DatasetCatalog.get(name))
+        return videos, set(cats) if cats else None
+    if isinstance(gt, (str, os.PathLike)):
+        with open(os.fspath(gt), encoding="utf-8") as f:
+            try:
+                gt = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{os.fspath(gt)}: malformed JSON ({e.msg} at line {e.lineno})") from e
+    if isinstance(gt, dict):
+        videos = {
+            v["id"]: (int(v.get("length", len(v["file_names"]))), int(v["height"]), int(v["width"]))
+            for v in gt["videos"]
+        }
+        return videos, {c["id"] for c in gt.get("categories", [])} or None
+    if isinstance(gt, list):  # dataset dicts
+        return {d["video_id"]: (len(d["file_names"]), int(d["height"]), int(d["width"])) for d in gt}, None
+    raise TypeError(f"unsupported ground truth type {type(gt).__name__}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def validate_results(
+    results: Any,
+    gt: Any,
+    *,
+    max_messages: int = 20,
+    check_counts: bool = True,
+    max_dets: int = 100,
+) -> ValidationReport:
+    """Check a results list (or file path) against the dataset before evaluation or upload.
+
+    Args:
+        results: results list, or a path to a ``.json`` / submission ``.zip``.
+        gt: GT/valid/test JSON (path or dict), a registered dataset name, or a list of video dicts.
+        max_messages: messages kept per kind (all are counted).
+        check_counts: decode every RLE string and check that its runs cover exactly ``H x W`` pixels.
+        max_dets: warn about (video, category) pairs with more tracks (the extra ones are ignored).
+    """
+    rep = ValidationReport()
+
+    def err(msg: str) -> None:
+        rep.n_errors += 1
+        if len(rep.errors) < max_messages:
+            rep.errors.append(msg)
+
+    def warn(msg: str) -> None:
+        rep.n_warnings += 1
+        if len(rep.warnings) < max_messages:
+            rep.warnings.append(msg)
+
+    if not isinstance(results, list):
+        try:
+            results = load_results_file(results) if isinstance(results, (str, os.PathLike)) else results
+        except (OSError, ValueError) as e:
+            err(str(e))
+            return rep
+    if not isinstance(results, list):
+        err("results must be a JSON list of video instances")
+        return rep
+    videos, cat_ids = _videos_and_categories(gt)
+    if not results:
+        warn("the results list is empty")
+    rles: list[tuple[str, str, int]] = []  # (where, counts, expected pixels)
+    per_bucket: Counter = Counter()
+    seen_videos = set()
+    empty_tracks: list[int] = []
+    for k, r in enumerate(results):
+        where = f"result #{k}"
+        if not isinstance(r, dict):
+            err(f"{where}: not an object")
+            continue
+        missing = [key for key in ("video_id", "category_id", "score", "segmentations") if key not in r]
+        if missing:
+            err(f"{where}: missing {', '.join(missing)}")
+            continue
+        vid, cat, score, segms = r["video_id"], r["category_id"], r["score"], r["segmentations"]
+        if not _is_int(vid) or vid not in videos:
+            err(f"{where}: unknown video_id {vid!r}")
+            continue
+        where = f"result #{k} (video {vid})"
+        seen_videos.add(vid)
+        if not _is_int(cat):
+            err(f"{where}: category_id {cat!r} is not an integer")
+        elif cat_ids is not None and cat not in cat_ids:
+            err(f"{where}: category_id {cat} is not a dataset category id")
+        if not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(float(score)):
+            err(f"{where}: score {score!r} is not a finite number")
+        per_bucket[vid, cat] += 1
+        length, h, w = videos[vid]
+        if not isinstance(segms, list):
+            err(f"{where}: 'segmentations' must be a list with one entry per frame")
+            continue
+        if len(segms) != length:
+            err(f"{where}: 'segmentations' has {len(segms)} entries, the video has {length} frames")
+        if all(s is None for s in segms):
+            empty_tracks.append(k)
+        for t, s in enumerate(segms):
+            if s is None:
+                continue
+            at = f"{where}, frame {t}"
+            if not isinstance(s, dict) or "counts" not in s or "size" not in s:
+                err(f"{at}: expected null or a compressed RLE {{'size': [H, W], 'counts': str}}")
+                continue
+            size, counts = s["size"], s["counts"]
+            if not (isinstance(size, list) and len(size) == 2 and all(_is_int(x) for x in size)):
+                err(f"{at}: RLE size {size!r} is not [H, W]")
+            elif size != [h, w]:
+                err(f"{at}: RLE size {size} differs from the video's frame size [{h}, {w}]")
+            if isinstance(counts, list):
+                err(f"{at}: uncompressed RLE (list counts); the server needs compressed RLE (str counts)")
+            elif not isinstance(counts, str):
+                err(f"{at}: RLE counts must be a str, got {type(counts).__name__}")
+            elif not _RLE_CHARS.match(counts):
+                err(f"{at}: RLE counts contain characters outside the compressed RLE alphabet")
+            elif check_counts:
+                rles.append((at, counts, h * w))
+    if empty_tracks:
+        warn(f"{len(empty_tracks)} results have every frame null (e.g. result #{empty_tracks[0]})")
+    for (vid, cat), n in per_bucket.items():
+        if n > max_dets:
+            warn(f"video {vid}, category {cat}: {n} tracks; only the {max_dets} best-scored are evaluated")
+    missing_videos = sorted(set(videos) - seen_videos)
+    if missing_videos and results:
+        warn(f"{len(missing_videos)} of {len(videos)} videos have no results (e.g. {missing_videos[:5]})")
+    if rles:
+        from .eval.rle import decode_counts
+
+        for i in range(0, len(rles), 4096):
+            chunk = rles[i : i + 4096]
+            try:
+                counts, offsets = decode_counts([c for _, c, _ in chunk])
+                cum = np.r_[0, np.cumsum(counts)]
+                sums = cum[offsets[1:]] - cum[offsets[:-1]]
+                bad = [j for j, (_, _, n) in enumerate(chunk) if sums[j] != n]
+            except ValueError:  # locate the offending strings one by one
+                bad = []
+                for j, (_, c, n) in enumerate(chunk):
+                    try:
+                        cc, _ = decode_counts([c])
+                        if int(cc.sum()) != n:
+                            bad.append(j)
+                    except ValueError:
+                        bad.append(j)
+            for j in bad:
+                err(f"{chunk[j][0]}: RLE counts do not decode to a mask of the stated size")
+    return rep
