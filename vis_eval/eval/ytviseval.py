@@ -67,11 +67,14 @@ class _Entries:
                     rles[k] = segm_to_rle(r, h, w)
             counts = list(map(_COUNTS, rles))
         self.rles, self.counts = rles, counts
+        self.str_counts = set(map(type, counts)) <= {str}
         n = len(rles)
         self.area = np.asarray(mask_util.area(rles), np.int64) if n else np.zeros(0, np.int64)
         track_size = [list(map(int, hw)) for hw in sizes]
         ref = [track_size[i] for i in self.owner.tolist()]
         self.regular = np.fromiter(map(operator.eq, map(_SIZE, rles), ref), bool, n)
+        hw = np.array(track_size, np.int64).reshape(-1, 2)
+        self.h, self.w = hw[self.owner, 0], hw[self.owner, 1]
         self.start = np.searchsorted(self.owner, np.arange(len(segms) + 1))
 
     def prefix_area(self, tracks: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -86,6 +89,149 @@ class _Entries:
         tot = np.bincount(self.owner, weights=self.area, minlength=n_tracks)
         cnt = np.bincount(self.owner, weights=self.area != 0, minlength=n_tracks)
         return np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0)
+
+
+_HEAD = 7  # characters read / written for the first run length of a compressed RLE string
+_MAX_CANVAS = (1 << 31) - 1  # pixels of one batched canvas (pycocotools run lengths are 32-bit)
+_PAIRS_PER_CALL = 16384  # bound on rows x columns of one batched ``mask_util.iou`` call
+
+
+def _first_runs(counts: list) -> tuple[np.ndarray, np.ndarray]:
+    """First run length of compressed RLE ``counts`` strings and its length in characters.
+
+    The length is 0 where the first run is not a non-negative number of at most ``_HEAD``
+    characters (malformed strings, left to the per-frame path).
+    """
+    n = len(counts)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    try:
+        heads = np.array(list(map(operator.getitem, counts, itertools.repeat(slice(0, _HEAD)))), f"S{_HEAD}")
+    except (UnicodeEncodeError, TypeError):  # non-ASCII strings: all left to the per-frame path
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+    v = heads.view(np.uint8).reshape(n, _HEAD).astype(np.int64) - 48
+    cols = np.arange(_HEAD)[None, :]
+    valid = (v >= 0) & (v < 64)
+    is_end = valid & (v < 32)
+    end = np.argmax(is_end, axis=1)[:, None]
+    ok = np.take_along_axis(is_end, end, axis=1)[:, 0] & np.all(valid | (cols > end), axis=1)
+    val = np.sum(np.where(cols <= end, (v & 31) << (5 * cols), 0), axis=1)
+    ok &= (np.take_along_axis(v, end, axis=1)[:, 0] & 16) == 0  # a negative first run is malformed
+    return val, np.where(ok, end[:, 0] + 1, 0)
+
+
+def _encode_fixed(values: np.ndarray) -> np.ndarray:
+    """Fixed-width (``_HEAD`` characters) compressed-RLE codes of values in [0, 2**34), as bytes."""
+    k = np.arange(_HEAD)[None, :]
+    chars = 48 + ((values[:, None] >> (5 * k)) & 31) + np.where(k < _HEAD - 1, 32, 0)
+    return np.ascontiguousarray(chars.astype(np.uint8)).view(f"S{_HEAD}")[:, 0]
+
+
+def _shifted_rles(
+    counts: list, head_len: np.ndarray, first: np.ndarray, sizes: list, as_str: bool
+) -> list[dict]:
+    """RLE dicts of ``counts`` strings whose first run length is replaced by ``first``.
+
+    Only the first run changes: later runs are coded relative to the runs two places earlier,
+    and the first run is never such a base. ``as_str``: all ``counts`` are ``str`` (else bytes).
+    """
+    pref = _encode_fixed(first)
+    if as_str:
+        pref = pref.astype(f"U{_HEAD}")
+    else:
+        counts = [c.encode("ascii") if type(c) is str else c for c in counts]
+    return [
+        {"size": s, "counts": p + c[k:]}
+        for s, p, c, k in zip(sizes, pref.tolist(), counts, head_len.tolist())
+    ]
+
+
+def _batched_intersections(
+    d: _Entries,
+    g: _Entries,
+    d_sel: np.ndarray,
+    g_sel: np.ndarray,
+    d_counts: list,
+    g_counts: list,
+    d_key: np.ndarray,
+    g_key: np.ndarray,
+    d_first_run: np.ndarray,
+    g_first_run: np.ndarray,
+    d_head: np.ndarray,
+    g_head: np.ndarray,
+    d_video: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact intersections of the same-(bucket, frame) result / GT mask pairs in few ``iou`` calls.
+
+    ``d_sel`` / ``g_sel``: regular entries with a well-formed first run, sorted by their
+    (bucket, frame) group ``key``, every group present on both sides; ``*_first_run`` / ``*_head``:
+    their first run lengths and its length in characters; ``d_video``: video of each entry.
+    Consecutive groups of one video are laid side by side on one canvas (slot ``q`` of a call is
+    shifted by ``q`` frames, i.e. ``q h w`` pixels: only the first run length changes), so one
+    ``mask_util.iou`` call compares all their masks; its bounding-box test skips most pairs of
+    different slots. Two masks of one slot are shifted alike, so their IoU is that of the original
+    masks (whatever the other masks of the call); the intersection follows exactly from the IoU and
+    the two areas.
+
+    Returns (result entry, GT entry, intersection) of every same-group pair.
+    """
+    _, d_first, d_cnt = np.unique(d_key[d_sel], return_index=True, return_counts=True)
+    _, g_first, g_cnt = np.unique(g_key[g_sel], return_index=True, return_counts=True)
+    n_q = d_first.size
+    lead = d_sel[d_first]
+    video, h, hw = d_video[lead], d.h[lead], d.h[lead] * d.w[lead]
+    # batch consecutive groups of one video into calls; slot = position of the group in its call
+    call = np.zeros(n_q, np.int64)
+    slot = np.zeros(n_q, np.int64)
+    c, m, n, k, prev_v = -1, 0, 0, 0, -1
+    for q, (v, a, b, s) in enumerate(zip(video.tolist(), d_cnt.tolist(), g_cnt.tolist(), hw.tolist())):
+        if v != prev_v or (m + a) * (n + b) > _PAIRS_PER_CALL or (k + 1) * s > _MAX_CANVAS:
+            c, m, n, k, prev_v = c + 1, 0, 0, 0, v
+        call[q], slot[q] = c, k
+        m, n, k = m + a, n + b, k + 1
+    q_first = np.searchsorted(call, np.arange(c + 2))  # groups of each call
+    lead_q = q_first[:-1]
+    sizes = [
+        [hh, s // hh * ns]
+        for hh, s, ns in zip(h[lead_q].tolist(), hw[lead_q].tolist(), np.diff(q_first).tolist())
+    ]
+    d_q = np.repeat(np.arange(n_q), d_cnt)
+    g_q = np.repeat(np.arange(n_q), g_cnt)
+    d_rles = _shifted_rles(
+        d_counts,
+        d_head,
+        d_first_run + slot[d_q] * hw[d_q],
+        list(map(sizes.__getitem__, call[d_q].tolist())),
+        d.str_counts and g.str_counts,
+    )
+    g_rles = _shifted_rles(
+        g_counts,
+        g_head,
+        g_first_run + slot[g_q] * hw[g_q],
+        list(map(sizes.__getitem__, call[g_q].tolist())),
+        d.str_counts and g.str_counts,
+    )
+    d_row0 = np.r_[d_first, d_sel.size][q_first]  # first row / column of each call
+    g_col0 = np.r_[g_first, g_sel.size][q_first]
+    n_cols = np.diff(g_col0)
+    flat_off = np.r_[0, np.cumsum(np.diff(d_row0) * n_cols)]
+    out = []
+    zeros = [0] * int(n_cols.max(initial=0))
+    r, col = d_row0.tolist(), g_col0.tolist()
+    for i in range(c + 1):
+        o = mask_util.iou(d_rles[r[i] : r[i + 1]], g_rles[col[i] : col[i + 1]], zeros[: col[i + 1] - col[i]])
+        out.append(np.asarray(o, np.float64).ravel())
+    o_all = np.concatenate(out) if out else np.zeros(0)
+    # the same-group pairs
+    n_p = g_cnt[d_q]
+    pi = np.repeat(np.arange(d_sel.size), n_p)
+    start = np.r_[0, np.cumsum(n_p)][:-1]
+    pj = np.repeat(g_first[d_q] - start, n_p) + np.arange(pi.size)
+    pc = call[d_q][pi]
+    op = o_all[flat_off[pc] + (pi - d_row0[pc]) * n_cols[pc] + pj - g_col0[pc]]
+    de, ge = d_sel[pi], g_sel[pj]
+    s = (d.area[de] + g.area[ge]).astype(np.float64)
+    return de, ge, np.rint(op * s / (1.0 + op))
 
 
 def _bucket_ious(
@@ -132,12 +278,46 @@ def _bucket_ious(
     g_reg_keys = g_key[g.regular & (g_key >= 0)]
     d_sel = np.flatnonzero(d.regular & np.isin(d_key, g_reg_keys))
     g_sel = np.flatnonzero(g.regular & np.isin(g_key, d_reg_keys))
-    # one iou call per (video, frame) over the masks of the buckets present on both sides
+    inter = np.zeros(n_pairs)
+
+    def add(de: np.ndarray, ge: np.ndarray, i_pair: np.ndarray) -> None:
+        td, tg = d.owner[de], g.owner[ge]
+        inter[:] += np.bincount(off[d_bkt[td]] + d_row[td] * ng_b[d_bkt[td]] + g_col[tg], i_pair, n_pairs)
+
+    # batched path: groups whose masks all have a well-formed first run
+    d_sel = d_sel[np.argsort(d_key[d_sel], kind="stable")]
+    g_sel = g_sel[np.argsort(g_key[g_sel], kind="stable")]
+    d_counts = list(map(d.counts.__getitem__, d_sel.tolist()))
+    g_counts = list(map(g.counts.__getitem__, g_sel.tolist()))
+    d_run, d_head = _first_runs(d_counts)
+    g_run, g_head = _first_runs(g_counts)
+    slow_keys = np.union1d(d_key[d_sel[d_head == 0]], g_key[g_sel[g_head == 0]])
+    d_fast = ~np.isin(d_key[d_sel], slow_keys)
+    g_fast = ~np.isin(g_key[g_sel], slow_keys)
+    if d_fast.any():
+        de, ge, i_pair = _batched_intersections(
+            d,
+            g,
+            d_sel[d_fast],
+            g_sel[g_fast],
+            list(itertools.compress(d_counts, d_fast.tolist())),
+            list(itertools.compress(g_counts, g_fast.tolist())),
+            d_key,
+            g_key,
+            d_run[d_fast],
+            g_run[g_fast],
+            d_head[d_fast],
+            g_head[g_fast],
+            bucket_video[np.maximum(de_b, 0)],
+        )
+        add(de, ge, i_pair)
+    d_sel = d_sel[np.isin(d_key[d_sel], slow_keys)]
+    g_sel = g_sel[np.isin(g_key[g_sel], slow_keys)]
+    # per-frame path: one iou call per (video, frame) over the masks of the buckets on both sides
     d_vkey = bucket_video[np.maximum(de_b, 0)] * n_t + d.t
     g_vkey = bucket_video[np.maximum(ge_b, 0)] * n_t + g.t
     d_sel = d_sel[np.argsort(d_vkey[d_sel], kind="stable")]
     g_sel = g_sel[np.argsort(g_vkey[g_sel], kind="stable")]
-    inter = np.zeros(n_pairs)
     if d_sel.size:
         _, d_first = np.unique(d_vkey[d_sel], return_index=True)
         _, g_first = np.unique(g_vkey[g_sel], return_index=True)
@@ -157,9 +337,7 @@ def _bucket_ious(
         op = np.concatenate(o_all)
         de, ge = d_sel[np.concatenate(di_all)], g_sel[np.concatenate(gi_all)]
         s = (d.area[de] + g.area[ge]).astype(np.float64)
-        i_pair = np.rint(op * s / (1.0 + op))
-        td, tg = d.owner[de], g.owner[ge]
-        inter += np.bincount(off[d_bkt[td]] + d_row[td] * ng_b[d_bkt[td]] + g_col[tg], i_pair, n_pairs)
+        add(de, ge, np.rint(op * s / (1.0 + op)))
     inter = inter.astype(np.int64)
     # masks of another size than the video's: exact per pair (rare)
     mismatch = np.zeros(n_pairs, np.int64)  # a_d + a_g of frames where both exist with different sizes

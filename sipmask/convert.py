@@ -1,0 +1,150 @@
+"""Convert the authors' SipMask checkpoints (spec §5) to this project's Detectron2 model.
+
+``convert_sipmask_mmdet`` takes a SipMask-mmdetection ``state_dict`` and ``convert_sipmask_benchmark``
+a SipMask-benchmark ``model`` dict (with or without a DDP ``module.`` prefix). Both raise ``KeyError``
+on any key they do not know, so a converted file loads with no missing and no unexpected keys.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+__all__ = ["convert_sipmask_benchmark", "convert_sipmask_mmdet"]
+
+# Head keys of the mmdet SipMask head (spec §5.1); ours are named identically.
+_MMDET_HEAD_KEY = re.compile(
+    r"((cls|reg)_convs\.\d+\.(conv|gn)|fcos_(cls|reg|centerness)|feat_align\.(conv_offset|conv_adaption|norm)"
+    r"|sip_cof|sip_mask_lat0?|convs_scoring\.\d\.conv|mask_scoring)\.(weight|bias)|scales\.\d+\.scale"
+)
+
+
+def _strip_module(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def _resnet_key(rest: str) -> str | None:
+    """ResNet key after the backbone prefix (torchvision / mmdet / maskrcnn-benchmark naming) ->
+    Detectron2 ``bottom_up`` key, or None if it is not a ResNet key."""
+    m = re.fullmatch(r"(?:stem\.)?conv1\.weight", rest)
+    if m:
+        return "stem.conv1.weight"
+    m = re.fullmatch(r"(?:stem\.)?bn1\.(\w+)", rest)
+    if m:
+        return f"stem.conv1.norm.{m.group(1)}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", rest)
+    if not m:
+        return None
+    stage, block, tail = int(m.group(1)) + 1, m.group(2), m.group(3)
+    prefix = f"res{stage}.{block}."
+    if (mm := re.fullmatch(r"conv(\d)\.weight", tail)) is not None:
+        return prefix + f"conv{mm.group(1)}.weight"
+    if (mm := re.fullmatch(r"bn(\d)\.(\w+)", tail)) is not None:
+        return prefix + f"conv{mm.group(1)}.norm.{mm.group(2)}"
+    if (mm := re.fullmatch(r"conv2\.conv_offset\.(weight|bias)", tail)) is not None:
+        return prefix + f"conv2_offset.{mm.group(1)}"
+    if tail == "downsample.0.weight":
+        return prefix + "shortcut.weight"
+    if (mm := re.fullmatch(r"downsample\.1\.(\w+)", tail)) is not None:
+        return prefix + f"shortcut.norm.{mm.group(1)}"
+    return None
+
+
+def _fail(unknown: list[str]) -> None:
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:10])
+        raise KeyError(f"{len(unknown)} keys not in the SipMask layout: {shown}")
+
+
+def convert_sipmask_mmdet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SipMask-mmdetection ``state_dict`` (backbone / neck / bbox_head) -> Detectron2 SipMask."""
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in _strip_module(state_dict).items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        new = None
+        if key.startswith("backbone."):
+            rest = _resnet_key(key[len("backbone.") :])
+            new = None if rest is None else "backbone.bottom_up." + rest
+        elif (m := re.fullmatch(r"neck\.lateral_convs\.(\d)\.conv\.(weight|bias)", key)) is not None:
+            new = f"backbone.fpn_lateral{int(m.group(1)) + 3}.{m.group(2)}"
+        elif (m := re.fullmatch(r"neck\.fpn_convs\.(\d)\.conv\.(weight|bias)", key)) is not None:
+            idx = int(m.group(1))
+            name = f"fpn_output{idx + 3}" if idx < 3 else {3: "top_block.p6", 4: "top_block.p7"}.get(idx)
+            new = None if name is None else f"backbone.{name}.{m.group(2)}"
+        elif key.startswith("bbox_head.") and _MMDET_HEAD_KEY.fullmatch(key[len("bbox_head.") :]):
+            new = "head." + key[len("bbox_head.") :]
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    _fail(unknown)
+    return out
+
+
+def _benchmark_head_key(rest: str) -> str | None:
+    m = re.fullmatch(r"(cls|bbox)_tower\.(\d+)\.(weight|bias)", rest)
+    if m:
+        tower = "cls_convs" if m.group(1) == "cls" else "reg_convs"
+        idx = int(m.group(2))
+        part = {0: "conv", 1: "gn"}.get(idx % 3)
+        return None if part is None else f"{tower}.{idx // 3}.{part}.{m.group(3)}"
+    m = re.fullmatch(r"(cls_logits|bbox_pred|centerness)\.(weight|bias)", rest)
+    if m:
+        name = {"cls_logits": "fcos_cls", "bbox_pred": "fcos_reg", "centerness": "fcos_centerness"}[
+            m.group(1)
+        ]
+        return f"{name}.{m.group(2)}"
+    if re.fullmatch(r"scales\.\d+\.scale", rest):
+        return rest
+    if re.fullmatch(
+        r"(feat_align\.(conv_offset|conv_adaption|norm)|sip_cof|sip_mask_lat0?)\.(weight|bias)", rest
+    ):
+        return rest
+    return None
+
+
+def convert_sipmask_benchmark(state_dict: dict[str, Tensor], eps: float = 1e-5) -> dict[str, Tensor]:
+    """SipMask-benchmark ``model`` dict -> Detectron2 SipMask.
+
+    maskrcnn-benchmark's FrozenBatchNorm has no eps; Detectron2's has ``eps``. The BN weight is
+    rescaled by ``sqrt(var + eps) / sqrt(var)`` so that the converted model computes the same
+    affine transform. The 1-element ``scales.*.scale`` become 0-d.
+    """
+    out: dict[str, Tensor] = {}
+    unknown = []
+    sd = _strip_module(state_dict)
+    for key, value in sd.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        new = None
+        if key.startswith("backbone.body."):
+            rest = _resnet_key(key[len("backbone.body.") :])
+            new = None if rest is None else "backbone.bottom_up." + rest
+        elif (m := re.fullmatch(r"backbone\.fpn\.fpn_(inner|layer)(\d)\.(weight|bias)", key)) is not None:
+            kind = "lateral" if m.group(1) == "inner" else "output"
+            new = f"backbone.fpn_{kind}{int(m.group(2)) + 1}.{m.group(3)}"
+        elif (m := re.fullmatch(r"backbone\.fpn\.top_blocks\.(p6|p7)\.(weight|bias)", key)) is not None:
+            new = f"backbone.top_block.{m.group(1)}.{m.group(2)}"
+        elif key.startswith("rpn.head."):
+            rest = _benchmark_head_key(key[len("rpn.head.") :])
+            new = None if rest is None else "head." + rest
+            if rest is not None and rest.startswith("scales."):
+                value = value.reshape(())
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    _fail(unknown)
+    # Fold the eps difference of the frozen BNs into their weights.
+    for key in list(out):
+        if key.endswith("norm.running_var") and key.startswith("backbone.bottom_up."):
+            var = out[key].float()
+            wkey = key[: -len("running_var")] + "weight"
+            if wkey in out:
+                factor = torch.sqrt(var + eps) / torch.sqrt(var.clamp(min=1e-12))
+                out[wkey] = (out[wkey].float() * factor).to(out[wkey].dtype)
+    return out

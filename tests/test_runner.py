@@ -1,0 +1,316 @@
+"""The streaming video runner: frame sources, per-video results, flat memory, visualisation."""
+
+import json
+import tracemalloc
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.video_visualizer import VideoVisualizer
+from video_oracle import GroundTruthAssociator, OracleModel, load_gt_frames
+
+from vis_eval import synthetic_video
+from vis_eval.runner import (
+    VideoResultBuilder,
+    VideoRunner,
+    annotate_frame,
+    encode_masks,
+    iter_frames,
+    run_video,
+)
+from vis_eval.tracker import MaskIoUTracker
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Per-frame tensors are small: intra-op threads only add contention on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory):
+    base = tmp_path_factory.mktemp("synthetic_vis")
+    json_file, image_root = synthetic_video.ensure_generated("tiny", base)
+    data = json.loads(json_file.read_text())
+    return data, image_root, load_gt_frames(json_file)
+
+
+def random_frames(n, h=24, w=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------- frame sources
+def test_iter_frames_sources(tmp_path):
+    frames = random_frames(3)
+    assert all((a == b).all() for a, b in zip(iter_frames(frames), frames))
+    assert all((a == b).all() for a, b in zip(iter_frames(iter(frames)), frames))  # a generator
+    assert len(list(iter_frames(np.stack(frames)))) == 3
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), f)
+    (tmp_path / "notes.txt").write_text("not a frame")
+    from_folder = list(iter_frames(tmp_path))
+    assert len(from_folder) == 3 and all((a == b).all() for a, b in zip(from_folder, frames))
+    from_paths = list(iter_frames([tmp_path / "002.png", str(tmp_path / "000.png")]))
+    assert (from_paths[0] == frames[2]).all() and (from_paths[1] == frames[0]).all()
+    assert len(list(iter_frames(tmp_path / "001.png"))) == 1
+    # a video file, written and read back with OpenCV
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
+    assert writer.isOpened()
+    for f in random_frames(6, seed=1):
+        writer.write(f)
+    writer.release()
+    decoded = list(iter_frames(video))
+    assert len(decoded) == 6 and decoded[0].shape == (24, 32, 3) and decoded[0].dtype == np.uint8
+
+
+def test_iter_frames_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        list(iter_frames(tmp_path / "missing.mp4"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list(iter_frames(tmp_path / "empty"))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="cannot decode"):
+        list(iter_frames([tmp_path / "broken.jpg"]))
+    with pytest.raises(FileNotFoundError):
+        list(iter_frames([tmp_path / "nope.jpg"]))
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises((OSError, ValueError)):
+        list(iter_frames(tmp_path / "broken.mp4"))
+    with pytest.raises(ValueError, match="uint8"):
+        list(iter_frames([np.zeros((4, 4, 3), np.float32)]))
+    with pytest.raises(ValueError, match="uint8"):
+        list(iter_frames([np.zeros((4, 4), np.uint8)]))
+    with pytest.raises(TypeError):
+        list(iter_frames(3.5))
+
+
+# ----------------------------------------------------------------------------- results
+def tracked(ids, classes, scores, masks, size=(6, 5)):
+    inst = Instances(size)
+    inst.pred_ids = torch.tensor(ids, dtype=torch.int64)
+    inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    inst.scores = torch.tensor(scores, dtype=torch.float32)
+    inst.pred_masks = torch.as_tensor(np.array(masks, dtype=bool).reshape(len(ids), *size))
+    inst.pred_boxes = Boxes(torch.zeros(len(ids), 4))
+    return inst
+
+
+def test_encode_masks_round_trip():
+    masks = torch.rand(3, 7, 9) > 0.5
+    rles = encode_masks(masks)
+    assert all(isinstance(r["counts"], str) and r["size"] == [7, 9] for r in rles)
+    assert (mask_util.decode(rles).transpose(2, 0, 1) == masks.numpy()).all()
+    assert encode_masks(torch.zeros(0, 7, 9, dtype=torch.bool)) == []
+    soft = encode_masks(torch.full((1, 2, 2), 0.7))
+    assert mask_util.decode(soft).all()
+
+
+def test_result_builder_scores_labels_and_null_frames():
+    m = np.zeros((6, 5), bool)
+    m[1:3, 1:4] = True
+    builder = VideoResultBuilder()
+    builder.add(0, tracked([4, 9], [1, 0], [0.9, 0.2], [m, ~m]))
+    builder.add(1, tracked([], [], [], np.zeros((0, 6, 5))))
+    builder.add(2, tracked([4], [2], [0.5], [m]))
+    builder.add(3, tracked([4], [2], [0.4], [m]))
+    builder.add(4, tracked([4], [1], [0.2], [m]))  # labels of 4: 1, 2, 2, 1 -> tie -> 1
+    results = builder.results(video_id=17, category_map={0: 10, 1: 11, 2: 12}, num_frames=6)
+    assert [r["video_id"] for r in results] == [17, 17]
+    first, second = results
+    assert first["category_id"] == 11 and first["score"] == pytest.approx(0.5)
+    assert [s is None for s in first["segmentations"]] == [False, True, False, False, False, True]
+    assert (mask_util.decode(first["segmentations"][2]) == m).all()
+    assert second["category_id"] == 10 and second["score"] == pytest.approx(0.2)
+    assert (mask_util.decode(second["segmentations"][0]) == ~m).all()
+    assert len(builder.results(3)[0]["segmentations"]) == 5  # default: frames added
+    with pytest.raises(KeyError, match="dataset id"):
+        builder.results(3, category_map={0: 1})
+    with pytest.raises(ValueError, match="num_frames"):
+        builder.results(3, num_frames=2)
+
+
+def test_result_builder_rejects_bad_frames():
+    m = np.ones((6, 5), bool)
+    builder = VideoResultBuilder(6, 5)
+    with pytest.raises(ValueError, match="in order"):
+        builder.add(1, tracked([0], [0], [0.5], [m]))
+    with pytest.raises(ValueError, match="unique"):
+        builder.add(0, tracked([3, 3], [0, 0], [0.5, 0.5], [m, m]))
+    with pytest.raises(ValueError, match="size"):
+        builder.add(1, tracked([0], [0], [0.5], [np.ones((7, 5), bool)], size=(7, 5)))
+    no_masks = tracked([0], [0], [0.5], [m])
+    no_masks.remove("pred_masks")
+    with pytest.raises(KeyError, match="pred_masks"):
+        builder.add(2, no_masks)
+
+
+# ----------------------------------------------------------------------------- the runner
+def test_runner_reproduces_ground_truth_exactly(tiny_split):
+    data, image_root, gt = tiny_split
+    sizes = {v["id"]: (v["height"], v["width"]) for v in data["videos"]}
+    sequence = [(v["id"], t) for v in data["videos"] for t in range(v["length"])]
+    model = OracleModel(gt, sizes, sequence).train()
+    associator = GroundTruthAssociator()
+    runner = VideoRunner(model, associator, input_format="RGB", min_size_test=64, max_size_test=1000)
+    for video in data["videos"]:
+        paths = [image_root / f for f in video["file_names"]]
+        results = runner.run_video(
+            paths, video["id"], category_map={0: 1, 1: 2, 2: 3}, num_frames=video["length"]
+        )
+        anns = {a["id"]: a for a in data["annotations"] if a["video_id"] == video["id"]}
+        assert [r["video_id"] for r in results] == [video["id"]] * len(anns)
+        for track_id, result in zip(sorted(anns), results):
+            ann = anns[track_id]
+            assert result["category_id"] == ann["category_id"]
+            assert len(result["segmentations"]) == video["length"]
+            for pred, truth in zip(result["segmentations"], ann["segmentations"]):
+                assert (pred is None) == (truth is None)
+                if truth is not None:
+                    expected = mask_util.decode(mask_util.frPyObjects(truth, *sizes[video["id"]]))
+                    assert pred["size"] == truth["size"] and (mask_util.decode(pred) == expected).all()
+    assert model.calls == len(sequence) and associator.resets == len(data["videos"])
+    assert model.training  # restored after inference
+    # test-time resize (short side 64 of a 128 x 160 frame) and CHW input
+    assert set(model.input_shapes) == {(3, 64, 80)}
+    with pytest.raises(ValueError, match="read 1 frames, expected 5"):
+        model.calls = 0
+        runner.run_video([image_root / data["videos"][0]["file_names"][0]], 1, num_frames=5)
+
+
+def test_runner_channel_order_and_predictor_callables():
+    frame = np.zeros((8, 10, 3), np.uint8)
+    frame[..., 0] = 255  # blue in BGR
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, batched_inputs):
+            seen.append(batched_inputs[0]["image"][:, 0, 0].tolist())
+            inst = Instances((8, 10), pred_masks=torch.zeros(0, 8, 10, dtype=torch.bool))
+            inst.scores, inst.pred_classes = torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+            inst.pred_boxes = Boxes(torch.zeros(0, 4))
+            return [{"instances": inst}]
+
+    for fmt, expected in (("RGB", [0.0, 0.0, 255.0]), ("BGR", [255.0, 0.0, 0.0])):
+        list(VideoRunner(Probe(), MaskIoUTracker(), input_format=fmt, min_size_test=8).stream([frame]))
+        assert seen[-1] == expected
+    # a callable predictor (e.g. DefaultPredictor) gets the BGR frame itself
+    predictor_inputs = []
+
+    def predictor(image):
+        predictor_inputs.append(image)
+        return Probe()([{"image": torch.zeros(3, 8, 10)}])[0]
+
+    out = list(run_video(predictor, [frame, frame]))  # default associator: a mask-IoU tracker
+    assert len(out) == 2 and out[0][0] is frame and predictor_inputs[0] is frame
+    assert all(isinstance(inst, Instances) and inst.has("pred_ids") for _, inst in out)
+    with pytest.raises(TypeError):
+        VideoRunner(object(), MaskIoUTracker())
+    with pytest.raises(TypeError):
+        VideoRunner(predictor, object())
+    # wrong output size, missing output
+    with pytest.raises(ValueError, match="input height/width"):
+        list(run_video(predictor, [np.zeros((9, 10, 3), np.uint8)], MaskIoUTracker()))
+    with pytest.raises(TypeError, match="instances"):
+        list(run_video(lambda image: {}, [frame], MaskIoUTracker()))
+    with pytest.raises(ValueError, match="expected"):
+        list(VideoRunner(predictor, MaskIoUTracker()).stream([frame], frame_size=(9, 10)))
+
+
+def test_runner_from_config_with_tracker_follows_objects(tiny_split):
+    data, image_root, gt = tiny_split
+    video = max(data["videos"], key=lambda v: v["length"])
+    sizes = {video["id"]: (video["height"], video["width"])}
+    model = OracleModel(gt, sizes, [(video["id"], t) for t in range(video["length"])])
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TEST = 96
+    runner = VideoRunner.from_config(cfg, model)
+    assert isinstance(runner.associator, MaskIoUTracker)
+    frames = list(runner.stream([image_root / f for f in video["file_names"]]))
+    assert len(frames) == video["length"]
+    # with ground-truth detections, each predicted track covers a single ground-truth track
+    pairs = {
+        (i, g) for f in frames for i, g in zip(f.instances.pred_ids.tolist(), f.instances.gt_ids.tolist())
+    }
+    assert len({i for i, _ in pairs}) == len(pairs)
+    assert model.input_shapes[0] == (3, 96, 120)
+
+
+def test_memory_stays_flat_in_the_number_of_frames():
+    """Peak traced memory of a 100-frame video is about that of a 10-frame one: masks are encoded
+    and dropped frame by frame (100 frames x 4 masks x 120 x 160 would be 7.7 MB)."""
+    h, w = 120, 160
+
+    def frames(n):
+        for t in range(n):
+            yield np.full((h, w, 3), t % 255, np.uint8)
+
+    def predictor(image):
+        t = int(image[0, 0, 0])
+        masks = np.zeros((4, h, w), bool)
+        for k in range(4):
+            masks[k, 10 + 20 * k : 30 + 20 * k, (t + 5 * k) % 100 : (t + 5 * k) % 100 + 40] = True
+        inst = Instances((h, w), pred_masks=torch.from_numpy(masks), scores=torch.full((4,), 0.9))
+        inst.pred_classes = torch.arange(4)
+        inst.pred_boxes = BitMasks(torch.from_numpy(masks)).get_bounding_boxes()
+        return {"instances": inst}
+
+    def peak(n, keep_frames=False):
+        tracemalloc.start()
+        runner = VideoRunner(predictor, MaskIoUTracker())
+        if keep_frames:  # negative control: a consumer that holds every tracked frame
+            kept = list(runner.stream(frames(n)))
+            assert len(kept) == n
+        else:
+            results = runner.run_video(frames(n), video_id=1)
+            assert len(results) >= 4 and len(results[0]["segmentations"]) == n
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(10), peak(100)
+    assert large < small + 1e6, (small, large)  # the RLE strings grow, nothing else
+    assert peak(100, keep_frames=True) > small + 5e6  # the measurement does see retained masks
+
+
+def test_annotate_frame_colours_follow_track_ids():
+    h, w = 120, 160
+    metadata = MetadataCatalog.get("__test_runner_vis").set(thing_classes=["a", "b"])
+    visualizer = VideoVisualizer(metadata)
+    m1 = np.zeros((h, w), bool)
+    m1[10:50, 10:50] = True
+    m2 = np.zeros((h, w), bool)
+    m2[60:110, 80:150] = True
+    image = np.full((h, w, 3), 128, np.uint8)
+    first = annotate_frame(visualizer, image, tracked([0, 1], [0, 1], [0.9, 0.8], [m1, m2], (h, w)))
+    second = annotate_frame(visualizer, image, tracked([1, 0], [1, 0], [0.8, 0.9], [m2, m1], (h, w)))
+    swapped = annotate_frame(visualizer, image, tracked([1, 0], [0, 1], [0.9, 0.8], [m1, m2], (h, w)))
+    assert first.shape == (h, w, 3) and first.dtype == np.uint8
+    assert not (first == image).all()
+    # the same ids keep the same colours although their order changed
+    # (pixels near the mask corners: the labels are written at the centres)
+    a, b = (14, 14), (64, 84)
+    assert (first[a] == second[a]).all() and (first[b] == second[b]).all()
+    assert not (first[a] == first[b]).all()
+    # colours follow the ids, not the positions
+    assert (swapped[a] == first[b]).all() and (swapped[b] == first[a]).all()
+
+
+def test_memory_benchmark_tool_worker(capsys):
+    from tools.benchmark_runner_memory import main
+
+    assert main(["--worker", "6", "--height", "60", "--width", "80", "--objects", "3"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["frames"] == 6 and row["size"] == [60, 80] and row["tracks"] >= 1
+    assert row["peak_rss_mb"] >= row["rss_after_first_frame_mb"] > 0
+    assert row["dense_masks_mb"] == round(6 * 3 * 60 * 80 / 2**20, 1)
