@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog
 
@@ -61,3 +62,27 @@ def test_benchmark_reports_latency_and_stages(tmp_path):
     # one timed iteration: the stages add up to the total
     assert sum(result["stages_ms"].values()) == pytest.approx(result["latency_ms"], rel=1e-6)
     assert result["stages_ms"]["backbone"] > 0 and result["peak_rss_mb"] > 0
+
+
+def test_demo_video_writes_annotated_video(image_dir, tmp_path):
+    frame = cv2.imread(str(image_dir / "color.png"))
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (128, 128))
+    for shift in range(4):
+        writer.write(np.roll(frame, 3 * shift, axis=1))
+    writer.release()
+    out = tmp_path / "clip_pred.mp4"
+    demo.main(["--config-file", CONFIG, "--video-input", str(clip), "--output", str(out),
+               "--confidence-threshold", "0.0", "--opts", *SMALL])  # fmt: skip
+    capture = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, drawn = capture.read()
+        if not ok:
+            break
+        frames.append(drawn)
+    assert len(frames) == 4 and frames[0].shape == (128, 128, 3)
+    with pytest.raises(SystemExit, match="video file not found"):
+        demo.main(
+            ["--config-file", CONFIG, "--video-input", str(tmp_path / "none.mp4"), "--output", str(out)]
+        )
