@@ -255,3 +255,62 @@ def test_random_fast_equals_reference(seed):
     assert fast.ious.keys() == ref.ious.keys()
     for key in fast.ious:
         assert np.array_equal(fast.ious[key], ref.ious[key])
+
+
+def _assert_same(fast, ref):
+    assert np.array_equal(fast.precision, ref.precision)
+    assert np.array_equal(fast.recall, ref.recall)
+    assert np.array_equal(fast.scores, ref.scores)
+    assert fast.ious.keys() == ref.ious.keys()
+    for key in fast.ious:
+        assert np.array_equal(fast.ious[key], ref.ious[key])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_iou_call_splitting(seed, monkeypatch):
+    """Tiny call / canvas / group bounds: many batched iou calls, one group per canvas, groups split
+    between the batched and per-frame paths; same numbers."""
+    import vis_eval.eval.ytviseval as fast_mod
+
+    rng = np.random.default_rng(2000 + seed)
+    gt, res = random_gt_and_results(rng, **CONFIGS[seed % len(CONFIGS)])
+    ref = reference_evaluate(gt, res)
+    monkeypatch.setattr(fast_mod, "_PAIRS_PER_CALL", 4)
+    split = evaluate(gt, res)
+    monkeypatch.setattr(fast_mod, "_MAX_CANVAS", 1)
+    one_slot = evaluate(gt, res)
+    monkeypatch.setattr(fast_mod, "_FRAME_CALL_MASKS", 3)  # mixes batched and per-frame groups
+    mixed = evaluate(gt, res)
+    _assert_same(split, ref)
+    _assert_same(one_slot, ref)
+    _assert_same(mixed, ref)
+
+
+def test_bytes_and_unusual_rle_strings_take_exact_paths():
+    """Bytes counts, and strings whose first run is written with redundant continuation groups or
+    is longer than the batched path reads (per-frame fallback), give the reference's numbers."""
+    rng = np.random.default_rng(7)
+    gt, res = random_gt_and_results(rng, **CONFIGS[-1])
+
+    def padded(counts: str, extra: int) -> str:  # same value, first run written with more groups
+        k = next(i for i, ch in enumerate(counts) if ord(ch) - 48 < 32)
+        head = [ord(ch) - 48 for ch in counts[: k + 1]]
+        if head[-1] & 16:  # keep the sign bit clear: one more zero group
+            head = head[:-1] + [head[-1] | 32, 0]
+        head = [c | 32 for c in head[:-1]] + [head[-1] | 32] + [32] * (extra - 1) + [0]
+        return "".join(chr(48 + c) for c in head) + counts[k + 1 :]
+
+    n_changed = 0
+    for i, r in enumerate(res):
+        segs = []
+        for s in r["segmentations"]:
+            if s and isinstance(s.get("counts"), str):
+                n_changed += 1
+                if i % 3 == 0:
+                    s = {"size": s["size"], "counts": s["counts"].encode()}
+                elif i % 3 == 1:
+                    s = {"size": s["size"], "counts": padded(s["counts"], 12)}  # > 7 characters
+            segs.append(s)
+        r["segmentations"] = segs
+    assert n_changed
+    _assert_same(evaluate(gt, res), reference_evaluate(gt, res))

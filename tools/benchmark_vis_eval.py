@@ -11,10 +11,11 @@ including the JSON parsing both need).
     python tools/benchmark_vis_eval.py [--videos 100] [--regime dense|crowded|sparse] [--repeat 3] [--out DIR]
 
 Both implementations spend their per-mask time in the same pycocotools C routines (parsing each
-RLE string, its area and box); the fast one removes the per-(pair, frame) merges and Python loops.
-The speed-up therefore grows with the number of same-category (result, GT) pairs per frame:
-measured on 2 shared CPU cores, about 8-9x on ``dense``, 4.5-5x on ``crowded`` and 2.5x on
-``sparse`` files.
+RLE string, its area; the reference also its box and two merges per (pair, frame)); the fast one
+batches the IoU calls (about one per video) and removes the Python loops. Its floor is that C work
+(decoding every result mask for its area, one merge per overlapping same-frame pair), so the
+speed-up grows with the number of same-category (result, GT) pairs per frame: measured on 2 heavily
+shared CPU cores (CPU time), about 8x on ``dense``, 5x on ``crowded`` and 3.5x on ``sparse`` files.
 """
 
 from __future__ import annotations

@@ -5,16 +5,23 @@ YouTube-VIS API), organised for speed:
 
 * Masks: every truthy per-frame mask of every track is gathered once (flat arrays of owner track,
   frame, RLE) and its area computed in one batched ``pycocotools.mask.area`` call.
-* IoU: one ``pycocotools.mask.iou`` call per (video, frame) compares all result and GT masks of the
-  categories present on both sides; per-frame intersections are recovered exactly from the IoU and
-  the two areas (``I = IoU (a_d + a_g) / (1 + IoU)``, rounded), summed per track pair with a
-  ``bincount``, and the video union follows from prefix sums of the per-frame areas (which handles
-  the zip truncation to the shorter track and one-sided frames). Masks whose size differs from the
-  video's take a slow exact path with ``mask_util.merge``.
+* IoU: the (result, GT) mask pairs of the same (video, category) bucket and frame are compared in a
+  few ``pycocotools.mask.iou`` calls (about one per video): consecutive (bucket, frame) groups of a
+  video are laid side by side on one canvas by rewriting only the first run length of each
+  compressed RLE string (a shift by whole frames), so the call's bounding-box test skips the pairs
+  of different groups while the IoU of two masks of one group is that of the original masks.
+  Per-frame intersections are recovered exactly from the IoU and the two areas
+  (``I = IoU (a_d + a_g) / (1 + IoU)``, rounded), summed per track pair with a ``bincount``, and
+  the video union follows from prefix sums of the per-frame areas (which handles the zip truncation
+  to the shorter track and one-sided frames). Groups holding a string whose first run is not a
+  short well-formed number take one ``iou`` call per (video, frame); masks whose size differs from
+  the video's take a slow exact path with ``mask_util.merge``. Boxes of results are never computed
+  (segm evaluation does not use them).
 * Matching: the greedy per-threshold matcher runs once per result rank over all buckets, area ranges
   and IoU thresholds at once (buckets padded to a power of two of their GT count).
-* Accumulation: one lexicographic sort of all results, then per (category, maxDets) cumulative sums
-  and one integer ``searchsorted`` for every (area range, IoU threshold) row at once.
+* Accumulation: one lexicographic sort of all results, then per maxDets the cumulative sums of all
+  categories at once (padded to the longest category), the precision at each recall threshold
+  read at the position of the v-th true positive (``rc >= r  <=>  tp >= v(r)``, exact).
 """
 
 from __future__ import annotations
@@ -94,6 +101,7 @@ class _Entries:
 _HEAD = 7  # characters read / written for the first run length of a compressed RLE string
 _MAX_CANVAS = (1 << 31) - 1  # pixels of one batched canvas (pycocotools run lengths are 32-bit)
 _PAIRS_PER_CALL = 16384  # bound on rows x columns of one batched ``mask_util.iou`` call
+_FRAME_CALL_MASKS = 16  # (bucket, frame) groups with this many masks get a per-frame ``iou`` call
 
 
 def _first_runs(counts: list) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +187,8 @@ def _batched_intersections(
     _, g_first, g_cnt = np.unique(g_key[g_sel], return_index=True, return_counts=True)
     n_q = d_first.size
     lead = d_sel[d_first]
-    video, h, hw = d_video[lead], d.h[lead], d.h[lead] * d.w[lead]
+    video, h, w = d_video[lead], d.h[lead], d.w[lead]
+    hw = h * w
     # batch consecutive groups of one video into calls; slot = position of the group in its call
     call = np.zeros(n_q, np.int64)
     slot = np.zeros(n_q, np.int64)
@@ -192,8 +201,7 @@ def _batched_intersections(
     q_first = np.searchsorted(call, np.arange(c + 2))  # groups of each call
     lead_q = q_first[:-1]
     sizes = [
-        [hh, s // hh * ns]
-        for hh, s, ns in zip(h[lead_q].tolist(), hw[lead_q].tolist(), np.diff(q_first).tolist())
+        [hh, ww * ns] for hh, ww, ns in zip(h[lead_q].tolist(), w[lead_q].tolist(), np.diff(q_first).tolist())
     ]
     d_q = np.repeat(np.arange(n_q), d_cnt)
     g_q = np.repeat(np.arange(n_q), g_cnt)
@@ -284,30 +292,41 @@ def _bucket_ious(
         td, tg = d.owner[de], g.owner[ge]
         inter[:] += np.bincount(off[d_bkt[td]] + d_row[td] * ng_b[d_bkt[td]] + g_col[tg], i_pair, n_pairs)
 
-    # batched path: groups whose masks all have a well-formed first run
+    # batched path: groups of few masks (crowded frames amortise a call of their own) whose masks
+    # all have a well-formed first run
     d_sel = d_sel[np.argsort(d_key[d_sel], kind="stable")]
     g_sel = g_sel[np.argsort(g_key[g_sel], kind="stable")]
-    d_counts = list(map(d.counts.__getitem__, d_sel.tolist()))
-    g_counts = list(map(g.counts.__getitem__, g_sel.tolist()))
+    keys, n_masks = np.unique(np.r_[d_key[d_sel], g_key[g_sel]], return_counts=True)
+    slow_keys = keys[n_masks >= _FRAME_CALL_MASKS]
+    d_small = np.flatnonzero(~np.isin(d_key[d_sel], slow_keys))
+    g_small = np.flatnonzero(~np.isin(g_key[g_sel], slow_keys))
+    d_counts = list(map(d.counts.__getitem__, d_sel[d_small].tolist()))
+    g_counts = list(map(g.counts.__getitem__, g_sel[g_small].tolist()))
     d_run, d_head = _first_runs(d_counts)
     g_run, g_head = _first_runs(g_counts)
-    slow_keys = np.union1d(d_key[d_sel[d_head == 0]], g_key[g_sel[g_head == 0]])
-    d_fast = ~np.isin(d_key[d_sel], slow_keys)
-    g_fast = ~np.isin(g_key[g_sel], slow_keys)
-    if d_fast.any():
+    slow_keys = np.union1d(
+        slow_keys, np.r_[d_key[d_sel[d_small[d_head == 0]]], g_key[g_sel[g_small[g_head == 0]]]]
+    )
+    d_ok = ~np.isin(d_key[d_sel[d_small]], slow_keys)  # over the small-group entries
+    g_ok = ~np.isin(g_key[g_sel[g_small]], slow_keys)
+    d_fast, g_fast = d_small[d_ok], g_small[g_ok]
+    d_run, d_head, g_run, g_head = d_run[d_ok], d_head[d_ok], g_run[g_ok], g_head[g_ok]
+    d_counts = list(itertools.compress(d_counts, d_ok.tolist()))
+    g_counts = list(itertools.compress(g_counts, g_ok.tolist()))
+    if d_fast.size:
         de, ge, i_pair = _batched_intersections(
             d,
             g,
             d_sel[d_fast],
             g_sel[g_fast],
-            list(itertools.compress(d_counts, d_fast.tolist())),
-            list(itertools.compress(g_counts, g_fast.tolist())),
+            d_counts,
+            g_counts,
             d_key,
             g_key,
-            d_run[d_fast],
-            g_run[g_fast],
-            d_head[d_fast],
-            g_head[g_fast],
+            d_run,
+            g_run,
+            d_head,
+            g_head,
             bucket_video[np.maximum(de_b, 0)],
         )
         add(de, ge, i_pair)
@@ -554,51 +573,91 @@ def evaluate(
     npig = np.stack(
         [np.bincount(g_cat, weights=~g_ig[a], minlength=n_cat) for a in range(n_area)], axis=1
     ).astype(np.int64)  # [K, A]
-    precision = -np.ones((n_thr, n_rec, n_cat, n_area, n_md))
-    recall = -np.ones((n_thr, n_cat, n_area, n_md))
-    scores = -np.ones((n_thr, n_rec, n_cat, n_area, n_md))
-    acc_order = np.lexsort((d_rank, d_vid, -d_score, d_cat))
-    cat_bounds = np.searchsorted(d_cat[acc_order], np.arange(n_cat + 1), side="left")
-    tp_all = np.moveaxis(dtm & ~dtig, 2, 0)  # [ND, A, T]
-    fp_all = np.moveaxis(~dtm & ~dtig, 2, 0)
+    prec_mkatr = -np.ones((n_md, n_cat, n_area, n_thr, n_rec))  # transposed at the end
+    score_mkatr = -np.ones((n_md, n_cat, n_area, n_thr, n_rec))
+    rec_mkat = -np.ones((n_md, n_cat, n_area, n_thr))
     eps = np.spacing(1)
+    acc_order = np.lexsort((d_rank, d_vid, -d_score, d_cat))
+    n_at = n_area * n_thr
+    tp_all = (dtm & ~dtig).reshape(n_at, n_det).T  # [ND, A*T], row a * T + t
+    fp_all = (~dtm & ~dtig).reshape(n_at, n_det).T
     # first value v with v / npig >= each recall threshold: rc[i] >= r  <=>  tp[i] >= v(r), since
     # rc[i] = tp[i] / npig exactly; lets one integer searchsorted serve every (area, IoU) row
-    v_thr = np.zeros((n_cat, n_area, n_rec), np.int64)
-    for k, a in zip(*np.nonzero(npig)):
-        v_thr[k, a] = np.searchsorted(np.arange(npig[k, a] + 1) / npig[k, a], p.rec_thrs, side="left")
-    rows = np.arange(n_area * n_thr)[:, None]
-    for k in range(n_cat):
-        if not npig[k].any():
-            continue
-        areas = np.flatnonzero(npig[k])
-        seg = acc_order[cat_bounds[k] : cat_bounds[k + 1]]
-        for m, md in enumerate(p.max_dets):
-            sel = seg[d_rank[seg] < md]
-            nd = sel.size
-            if nd == 0:
-                recall[:, k, areas, m] = 0
-                precision[:, :, k, areas, m] = 0
-                scores[:, :, k, areas, m] = 0
-                continue
-            tp_i = np.cumsum(tp_all[sel], axis=0).reshape(nd, -1).T  # [A*T, nd] int
-            fp_i = np.cumsum(fp_all[sel], axis=0).reshape(nd, -1).T
+    rec = np.asarray(p.rec_thrs, np.float64)[None, None, :]
+    n_pos = np.maximum(npig, 1)[:, :, None].astype(np.float64)
+    v_thr = np.clip(np.ceil(rec * n_pos).astype(np.int64), 0, npig[:, :, None] + 1)
+    for _ in range(2):  # exact: same divisions as searchsorted(arange(npig + 1) / npig, rec_thrs)
+        v_thr -= (v_thr > 0) & ((v_thr - 1) / n_pos >= rec)
+        v_thr += (v_thr <= npig[:, :, None]) & (v_thr / n_pos < rec)
+    v_rows = np.repeat(v_thr, n_thr, axis=1)  # [K, A*T, R]
+    npig_rows = np.repeat(npig, n_thr, axis=1)  # [K, A*T]
+    has_gt = npig > 0
+    for m, md in enumerate(p.max_dets):
+        sel = acc_order[d_rank[acc_order] < md]  # grouped by category, in score order
+        kc = d_cat[sel]
+        nd_k = np.bincount(kc, minlength=n_cat)
+        pos = np.arange(sel.size) - np.r_[0, np.cumsum(nd_k)][:-1][kc]
+        # categories in chunks of bounded padded size [k, L, A*T]
+        cats = np.flatnonzero(has_gt.any(axis=1))
+        chunks, cur = [], []
+        for k in cats.tolist():
+            if cur and (len(cur) + 1) * max(int(nd_k[cur + [k]].max()), 1) * n_at > (1 << 22):
+                chunks.append(cur)
+                cur = []
+            cur.append(k)
+        if cur:
+            chunks.append(cur)
+        for ks in chunks:
+            ks = np.asarray(ks)
+            nk = ks.size
+            local = np.full(n_cat, -1)
+            local[ks] = np.arange(nk)
+            use = local[kc] >= 0
+            lk, lp = local[kc[use]], pos[use]
+            n_d = nd_k[ks]
+            L = max(int(n_d.max()), 1)
+            tp_i = np.zeros((nk, L, n_at), np.int64)
+            fp_i = np.zeros((nk, L, n_at), np.int64)
+            tp_i[lk, lp] = tp_all[sel[use]]
+            fp_i[lk, lp] = fp_all[sel[use]]
+            # position of the u-th true positive of each (category, row): tp first reaches u there
+            tp_pos = np.flatnonzero(tp_i.transpose(0, 2, 1)) % L
+            tp_i = np.cumsum(tp_i, axis=1).transpose(0, 2, 1)  # [k, A*T, L]
+            fp_i = np.cumsum(fp_i, axis=1).transpose(0, 2, 1)
             tp, fp = tp_i.astype(float), fp_i.astype(float)
-            npig_rows = np.repeat(npig[k], n_thr)[:, None]
-            rc_last = tp[:, -1] / np.maximum(npig_rows[:, 0], 1)
-            pr = tp / (fp + tp + eps)
-            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-            # inds[row, j] = first i with tp[row, i] >= v_thr[row, j] (rows sorted by construction)
-            big = int(npig[k].max()) + 2
-            flat = (tp_i + rows * big).ravel()
-            query = np.repeat(v_thr[k], n_thr, axis=0) + rows * big
-            inds = np.searchsorted(flat, query, side="left") - rows * nd
-            ok = inds < nd
-            inds_c = np.minimum(inds, nd - 1)
-            q = np.where(ok, np.take_along_axis(pr, inds_c, axis=1), 0.0).reshape(n_area, n_thr, n_rec)
-            ss = np.where(ok, d_score[sel][inds_c], 0.0).reshape(n_area, n_thr, n_rec)
-            recall[:, k, areas, m] = rc_last.reshape(n_area, n_thr)[areas].T
-            precision[:, :, k, areas, m] = q[areas].transpose(1, 2, 0)
-            scores[:, :, k, areas, m] = ss[areas].transpose(1, 2, 0)
+            last = np.maximum(n_d - 1, 0)
+            rc_last = tp[np.arange(nk), :, last] / np.maximum(npig_rows[ks], 1)  # [k, A*T]
+            valid = np.arange(L)[None, None, :] < n_d[:, None, None]
+            pr = np.where(valid, tp / (fp + tp + eps), 0.0)
+            pr = np.maximum.accumulate(pr[:, :, ::-1], axis=2)[:, :, ::-1]
+            # inds[k, row, j] = first i with tp[k, row, i] >= v_thr[k, row, j]
+            n_tp = tp_i[:, :, -1:]  # [k, A*T, 1]
+            v = v_rows[ks]
+            reach = (v >= 1) & (v <= n_tp)
+            first = np.r_[0, np.cumsum(n_tp.ravel())][:-1].reshape(n_tp.shape)
+            at = np.where(reach, first + v - 1, 0)
+            inds = np.where(v == 0, 0, L)
+            if tp_pos.size:
+                inds = np.where(reach, tp_pos[at], inds)
+            ok = inds < n_d[:, None, None]
+            inds_c = np.minimum(inds, last[:, None, None])
+            sc = np.zeros((nk, L))
+            sc[lk, lp] = d_score[sel[use]]
+            q = np.where(ok, np.take_along_axis(pr, inds_c, axis=2), 0.0).reshape(nk, n_area, n_thr, n_rec)
+            ss = np.where(
+                ok,
+                np.take_along_axis(sc[:, None, :], inds_c.reshape(nk, -1)[:, None, :], 2).reshape(
+                    inds_c.shape
+                ),
+                0.0,
+            )
+            ss = ss.reshape(nk, n_area, n_thr, n_rec)
+            g = has_gt[ks][:, :, None]  # [k, A, 1]
+            rec_mkat[m, ks] = np.where(g, rc_last.reshape(nk, n_area, n_thr), -1.0)
+            prec_mkatr[m, ks] = np.where(g[..., None], q, -1.0)
+            score_mkatr[m, ks] = np.where(g[..., None], ss, -1.0)
+    precision = np.ascontiguousarray(prec_mkatr.transpose(3, 4, 1, 2, 0))  # [T, R, K, A, M]
+    scores = np.ascontiguousarray(score_mkatr.transpose(3, 4, 1, 2, 0))
+    recall = np.ascontiguousarray(rec_mkat.transpose(3, 1, 2, 0))  # [T, K, A, M]
     stats = summarize(precision, recall, p)
     return EvalResult(p, cat_ids, vid_ids, precision, recall, scores, stats, bucket_ious)
