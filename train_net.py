@@ -21,7 +21,7 @@ import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -39,6 +39,7 @@ import vis_eval  # noqa: F401  (registers the builtin synthetic and video datase
 from centermask import add_centermask_config
 from centermask.evaluation import CenterMaskCOCOEvaluator
 from sipmask import add_sipmask_config
+from sipmask.data import build_sipmask_train_mapper
 from vis_eval.config import add_vis_eval_config
 from vis_eval.runner import evaluate_video_dataset
 
@@ -82,6 +83,11 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        # the real-time SipMask configs ask for their SSD-style augmentation; others use DatasetMapper
+        return build_detection_train_loader(cfg, mapper=build_sipmask_train_mapper(cfg))
 
     @classmethod
     def build_evaluator(

@@ -19,6 +19,8 @@ from torch import nn
 
 from centermask.layers import DeformConv
 
+from .head import _safe_offsets
+
 __all__ = [
     "DeformBottleneckBlock",
     "SipMaskFPN",
@@ -94,7 +96,7 @@ class DeformBottleneckBlock(CNNBlockBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
-        offset = self.conv2_offset(out)
+        offset = _safe_offsets(self.conv2_offset(out))
         # torchvision's CPU deformable conv has no bfloat16 kernel: run it in float32 under autocast
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = F.relu_(self.conv2(out.float(), offset.float()))

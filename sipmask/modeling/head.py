@@ -63,6 +63,12 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def _safe_offsets(offset: Tensor) -> Tensor:
+    """torchvision's CPU deformable conv can crash the process on NaN offsets (e.g. after a diverged
+    step). NaN -> 0 and |offset| <= 1e4 (far outside any feature map: same zero samples)."""
+    return torch.nan_to_num(offset, nan=0.0).clamp(-1e4, 1e4)
+
+
 class FeatureAlign(nn.Module):
     """3x3 deformable conv whose offsets are a 1x1 conv of the (detached) box regression (§1.5).
 
@@ -85,7 +91,7 @@ class FeatureAlign(nn.Module):
 
     def forward(self, x: Tensor, shape: Tensor) -> Tensor:
         """x: (N, C, H, W) cls features; shape: (N, 4, H, W) box regression (stride units)."""
-        offset = self.conv_offset(shape.detach())
+        offset = _safe_offsets(self.conv_offset(shape.detach()))
         # torchvision's CPU deformable conv has no bfloat16 kernel: run it in float32 under autocast
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = self.conv_adaption(x.float(), offset.float())
