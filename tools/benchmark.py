@@ -68,16 +68,21 @@ def load_inputs(cfg: CfgNode, pattern: str | None, count: int) -> list[dict]:
         images = [cv2.imread(f) for f in files[:count]]
         if any(img is None for img in images):
             raise SystemExit("some input files are not readable images")
-    else:  # a random image at the test size's aspect 3:4
-        size = cfg.INPUT.MIN_SIZE_TEST
+    else:  # a random 3:4 image at the test size (480 x 640 where the model resizes by itself)
+        size = cfg.INPUT.MIN_SIZE_TEST or 480
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, size=(size, size * 4 // 3, 3), dtype=np.uint8)]
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    # MIN_SIZE_TEST 0: no resize here (e.g. the real-time SipMask models resize inside the model)
+    resize = (
+        T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        if cfg.INPUT.MIN_SIZE_TEST
+        else None
+    )
     inputs = []
     for bgr in images:
         image = bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else bgr
         h, w = image.shape[:2]
-        resized = resize.get_transform(image).apply_image(image)
+        resized = resize.get_transform(image).apply_image(image) if resize else image
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         inputs.append({"image": tensor, "height": h, "width": w})
     return inputs
