@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,26 +140,44 @@ def dataset_dir(root: Path | None = None) -> Path:
     return (root or datasets_root()) / "synthetic_shapes" / VERSION
 
 
-def ensure_generated(split: str, base: Path | None = None) -> tuple[Path, Path]:
-    """Generate ``split`` under ``base`` (default: :func:`dataset_dir`) if absent; return
-    (json file, image root). Safe under concurrent callers (e.g. several training processes)."""
-    base = base or dataset_dir()
-    json_file, image_root = base / f"{split}.json", base / split
+def generate_once(base: Path, split: str, write: Callable[[Path], None]) -> Path:
+    """Run ``write(out_dir)``, which writes ``out_dir/<split>/`` and ``out_dir/<split>.json``, into a
+    temporary folder under ``base`` and move the results into place, unless ``base/<split>.json``
+    already exists. Safe under concurrent callers (e.g. several training processes): the JSON
+    appears last and marks completion. Returns the JSON path."""
+    json_file = base / f"{split}.json"
     if json_file.is_file():
-        return json_file, image_root
+        return json_file
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=base))
     try:
-        write_split(tmp, split, SPLITS[split])
+        write(tmp)
         try:
-            (tmp / split).rename(image_root)
+            (tmp / split).rename(base / split)
         except OSError:  # another process finished first
-            if not image_root.is_dir():
+            if not (base / split).is_dir():
                 raise
-        (tmp / f"{split}.json").replace(json_file)  # the json appears last: it marks completion
+        (tmp / f"{split}.json").replace(json_file)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return json_file, image_root
+    return json_file
+
+
+def shape_class_metadata() -> dict:
+    """Metadata of the shape classes shared by the synthetic image and video datasets."""
+    return {
+        "thing_classes": list(CLASS_NAMES),
+        "thing_colors": [list(c) for c in CLASS_COLORS],
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CLASS_NAMES))},
+    }
+
+
+def ensure_generated(split: str, base: Path | None = None) -> tuple[Path, Path]:
+    """Generate ``split`` under ``base`` (default: :func:`dataset_dir`) if absent; return
+    (json file, image root)."""
+    base = base or dataset_dir()
+    json_file = generate_once(base, split, lambda out: write_split(out, split, SPLITS[split]))
+    return json_file, base / split
 
 
 def _load(split: str, name: str, base: Path) -> list[dict]:
@@ -179,7 +198,5 @@ def register_synthetic_shapes(root: Path | None = None) -> None:
             json_file=str(base / f"{split}.json"),
             image_root=str(base / split),
             evaluator_type="coco",
-            thing_classes=list(CLASS_NAMES),
-            thing_colors=[list(c) for c in CLASS_COLORS],
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASS_NAMES))},
+            **shape_class_metadata(),
         )

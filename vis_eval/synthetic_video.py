@@ -18,9 +18,6 @@ Datasets (registered by :func:`register_synthetic_vis`, generated on first use u
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +25,8 @@ import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .shapes import CLASS_COLORS, CLASS_NAMES, Shape, mask_bbox, paint, random_shape, render_background
+from .shapes import CLASS_NAMES, Shape, mask_bbox, paint, random_shape, render_background
+from .synthetic import datasets_root, generate_once, shape_class_metadata
 
 VERSION = "v1"
 
@@ -65,10 +63,6 @@ SPLITS: dict[str, VideoSplitSpec] = {
     "tiny": VideoSplitSpec(4, seed=12),
 }
 SCENE = VideoSceneSpec()
-
-
-def datasets_root() -> Path:
-    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
 def dataset_dir(root: Path | None = None) -> Path:
@@ -225,26 +219,12 @@ def write_split(out_dir: Path, split: str, spec: VideoSplitSpec, scene: VideoSce
 
 def ensure_generated(split: str, base: Path | None = None) -> tuple[Path, Path]:
     """Generate ``split`` under ``base`` (default :func:`dataset_dir`) if absent; return
-    (json file, image root). Safe under concurrent callers: the JSON appears last."""
+    (json file, image root)."""
     if split not in SPLITS:
         raise KeyError(f"unknown synthetic_vis split {split!r}; known: {sorted(SPLITS)}")
     base = base or dataset_dir()
-    json_file, image_root = base / f"{split}.json", base / split / "JPEGImages"
-    if json_file.is_file():
-        return json_file, image_root
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=base))
-    try:
-        write_split(tmp, split, SPLITS[split])
-        try:
-            (tmp / split).rename(base / split)
-        except OSError:  # another process finished first
-            if not image_root.is_dir():
-                raise
-        (tmp / f"{split}.json").replace(json_file)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return json_file, image_root
+    json_file = generate_once(base, split, lambda out: write_split(out, split, SPLITS[split]))
+    return json_file, base / split / "JPEGImages"
 
 
 def _load(split: str, name: str, base: Path) -> list[dict]:
@@ -267,7 +247,5 @@ def register_synthetic_vis(root: Path | None = None) -> None:
             json_file=str(base / f"{split}.json"),
             image_root=str(base / split / "JPEGImages"),
             evaluator_type="ytvis",
-            thing_classes=list(CLASS_NAMES),
-            thing_colors=[list(c) for c in CLASS_COLORS],
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASS_NAMES))},
+            **shape_class_metadata(),
         )
