@@ -238,3 +238,25 @@ def test_pack_predicts_its_own_offsets(modulated):
     torch.testing.assert_close(m(x), expected)
     m(x).sum().backward()
     assert m.conv_offset.weight.grad.abs().sum() > 0
+
+
+def test_runs_in_float32_under_cpu_autocast_and_survives_nan_offsets():
+    torch.manual_seed(0)
+    conv = ModulatedDeformConv(4, 6, 3, padding=1)
+    x = torch.randn(1, 4, 5, 5)
+    offset = torch.randn(1, 18, 5, 5)
+    mask = torch.rand(1, 9, 5, 5)
+    expected = conv(x, offset, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x.bfloat16(), offset.bfloat16(), mask.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=0.1, rtol=0.05)  # inputs were rounded to bfloat16
+    bad = offset.clone()
+    bad[0, :, 2, 2] = float("nan")
+    bad[0, 0, 0, 0] = float("inf")
+    out = conv(x, bad, mask)
+    assert torch.isfinite(out).all()
+    # a NaN offset samples like a zero offset
+    zero = offset.clone()
+    zero[0, :, 2, 2] = 0.0
+    torch.testing.assert_close(out[0, :, 2, 2], conv(x, zero, mask)[0, :, 2, 2])

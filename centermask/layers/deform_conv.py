@@ -91,16 +91,22 @@ class DeformConv(nn.Module):
         return self.deformable_groups * self.kernel_size[0] * self.kernel_size[1]
 
     def _conv(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = deform_conv2d(
-            x,
-            offset,
-            self.weight,
-            self.bias,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            mask=mask,
-        )
+        # torchvision has no bfloat16 / float16 CPU kernel: under autocast the op runs in the weight's
+        # dtype. Non-finite offsets (a diverged step) can crash torchvision's kernel outright: NaN -> 0
+        # and |offset| <= 1e4, which samples the same zero padding as any larger offset.
+        dtype = self.weight.dtype
+        offset = torch.nan_to_num(offset.to(dtype), nan=0.0).clamp(-1e4, 1e4)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = deform_conv2d(
+                x.to(dtype),
+                offset,
+                self.weight,
+                self.bias,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                mask=None if mask is None else mask.to(dtype),
+            )
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:

@@ -19,8 +19,6 @@ from torch import nn
 
 from centermask.layers import DeformConv
 
-from .head import _safe_offsets
-
 __all__ = [
     "DeformBottleneckBlock",
     "SipMaskFPN",
@@ -96,10 +94,7 @@ class DeformBottleneckBlock(CNNBlockBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
-        offset = _safe_offsets(self.conv2_offset(out))
-        # torchvision's CPU deformable conv has no bfloat16 kernel: run it in float32 under autocast
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            out = F.relu_(self.conv2(out.float(), offset.float()))
+        out = F.relu_(self.conv2(out, self.conv2_offset(out)))
         out = self.conv3(out)
         shortcut = x if self.shortcut is None else self.shortcut(x)
         return F.relu_(out + shortcut)

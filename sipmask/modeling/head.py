@@ -63,12 +63,6 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _safe_offsets(offset: Tensor) -> Tensor:
-    """torchvision's CPU deformable conv can crash the process on NaN offsets (e.g. after a diverged
-    step). NaN -> 0 and |offset| <= 1e4 (far outside any feature map: same zero samples)."""
-    return torch.nan_to_num(offset, nan=0.0).clamp(-1e4, 1e4)
-
-
 class FeatureAlign(nn.Module):
     """3x3 deformable conv whose offsets are a 1x1 conv of the (detached) box regression (§1.5).
 
@@ -91,10 +85,7 @@ class FeatureAlign(nn.Module):
 
     def forward(self, x: Tensor, shape: Tensor) -> Tensor:
         """x: (N, C, H, W) cls features; shape: (N, 4, H, W) box regression (stride units)."""
-        offset = _safe_offsets(self.conv_offset(shape.detach()))
-        # torchvision's CPU deformable conv has no bfloat16 kernel: run it in float32 under autocast
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = self.conv_adaption(x.float(), offset.float())
+        x = self.conv_adaption(x, self.conv_offset(shape.detach()))
         if self.use_norm:
             x = self.norm(x)
         return F.relu(x)
