@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import nms
 
+from centermask.modeling.fcos.losses import iou_loss
+
 from .crop_split import crop_split, crop_split_gt
 
 __all__ = [
@@ -42,19 +44,7 @@ def giou_loss_benchmark(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """SipMask-benchmark GIoU loss on stride-unit distances; returns the weighted *sum*."""
     if pred.numel() == 0:
         return pred.sum() * 0
-    pl, pt, pr, pb = pred.unbind(dim=1)
-    tl, tt, tr, tb = target.unbind(dim=1)
-    area_t = (tl + tr) * (tt + tb)
-    area_p = (pl + pr) * (pt + pb)
-    inter = (torch.minimum(pl, tl) + torch.minimum(pr, tr)) * (torch.minimum(pt, tt) + torch.minimum(pb, tb))
-    union = area_t + area_p - inter
-    iou = (inter + 1.0) / (union + 1.0)
-    enclose = (torch.maximum(pl, tl) + torch.maximum(pr, tr)) * (
-        torch.maximum(pt, tt) + torch.maximum(pb, tb)
-    )
-    enclose = enclose + 1e-7
-    giou = iou - (enclose - union) / enclose
-    return ((1 - giou) * weight).sum()
+    return (iou_loss(pred, target, "giou", enclose_eps=1e-7) * weight).sum()
 
 
 def box_iou_pairwise(a: Tensor, b: Tensor, plus_one: bool = True) -> Tensor:

@@ -8,7 +8,7 @@ from torch import Tensor
 __all__ = ["iou_loss"]
 
 
-def iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou") -> Tensor:
+def iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou", enclose_eps: float = 0.0) -> Tensor:
     """Per-location IoU loss between (P, 4) ``(l, t, r, b)`` distance predictions and targets.
 
     Both are in the same (stride-normalised) units. The IoU is smoothed with +1 in those units,
@@ -17,6 +17,7 @@ def iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou") -> Tensor:
 
     Args:
         loss_type: ``"giou"`` (1 - GIoU), ``"iou"`` (-log IoU) or ``"linear_iou"`` (1 - IoU).
+        enclose_eps: added to the GIoU enclosing area (0 in centermask2; SipMask-benchmark: 1e-7).
 
     Returns:
         (P,) losses.
@@ -35,7 +36,7 @@ def iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou") -> Tensor:
     if loss_type == "giou":
         enclose = (torch.maximum(pl, gl) + torch.maximum(pr, gr)) * (
             torch.maximum(pt, gt) + torch.maximum(pb, gb)
-        )
+        ) + enclose_eps
         gious = ious - (enclose - union) / enclose
         return 1.0 - gious
     raise ValueError(f"unknown IoU loss type {loss_type!r}")
