@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 METHOD ?= centermask
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 
-.PHONY: setup demo test test-slow lint format clean
+.PHONY: setup demo test lint format clean
 
 setup: $(STAMP)
 
@@ -38,9 +38,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
-
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

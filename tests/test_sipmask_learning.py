@@ -62,7 +62,6 @@ def tiny_dataset(tmp_path_factory) -> list[dict]:
     return DatasetCatalog.get(DATASET)
 
 
-@pytest.mark.slow
 def test_sipmask_memorises_tiny_synthetic_set(tiny_dataset):
     torch.manual_seed(0)
     cfg = get_cfg()
