@@ -76,12 +76,18 @@ def test_installs_as_pip_managed_distribution(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     assert not installer.detectron2_importable(python)
     assert "without _C" in installer.install(python, wheel, sha)
-    show = subprocess.run([python, "-m", "pip", "show", "detectron2"], capture_output=True, text=True, env=env)
+    show = subprocess.run(
+        [python, "-m", "pip", "show", "detectron2"], capture_output=True, text=True, env=env
+    )
     assert show.returncode == 0 and "Version: 0.7.2" in show.stdout
-    check = "import detectron2, importlib.util as u; print(u.find_spec('detectron2._C'), u.find_spec('tools'))"
+    check = (
+        "import detectron2, importlib.util as u; print(u.find_spec('detectron2._C'), u.find_spec('tools'))"
+    )
     out = subprocess.run([python, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.stdout.split() == ["None", "None"]
     # idempotent: a second run keeps what imports
     assert "already importable" in installer.install(python, wheel, sha)
-    uninstall = subprocess.run([python, "-m", "pip", "uninstall", "-y", "detectron2"], capture_output=True, env=env)
+    uninstall = subprocess.run(
+        [python, "-m", "pip", "uninstall", "-y", "detectron2"], capture_output=True, env=env
+    )
     assert uninstall.returncode == 0 and not installer.detectron2_importable(python)

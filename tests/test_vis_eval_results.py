@@ -17,6 +17,7 @@ from vis_eval.evaluator import YTVISEvaluator, dataset_dicts_to_ytvis_gt
 from vis_eval.results import (
     encode_mask,
     load_results_file,
+    malformed_masks,
     normalize_results,
     validate_results,
     write_results_json,
@@ -232,3 +233,38 @@ def test_gt_from_dataset_dicts_matches_json(tmp_path, case):
     )
     rebuilt = dataset_dicts_to_ytvis_gt(videos, meta)
     np.testing.assert_array_equal(evaluate(rebuilt, res).stats, evaluate(gt, res).stats)
+
+
+def test_malformed_masks_refused_before_evaluation(tmp_path, case, capsys):
+    gt, res = case
+    v = gt["videos"][0]
+    h, w, n = v["height"], v["width"], v["length"]
+    good = encode_mask(np.ones((h, w), bool))
+    short = encode_mask(np.ones((h, w - 1), bool))["counts"]  # runs cover h (w - 1) pixels
+    assert malformed_masks(res) == ([], 0)
+    bad = [
+        {"size": [h, w], "counts": short},  # too few pixels for its size
+        {"size": [h, w], "counts": "0"},  # no runs at all
+        {"size": [h, w], "counts": [0, h * w + 1]},  # uncompressed, one pixel too many
+        {"size": [h], "counts": good["counts"]},
+    ]
+    tracks = [
+        {"video_id": v["id"], "category_id": 1, "score": 0.5, "segmentations": [good] * (n - 1) + [b]}
+        for b in bad
+    ]
+    msgs, n_bad = malformed_masks(tracks)
+    assert n_bad == 4 and len(msgs) == 4
+    last = f"frame {n - 1}: RLE"
+    assert sorted(msgs) == [
+        f"result #0, {last} counts do not decode to a mask of its stated size",
+        f"result #1, {last} counts do not decode to a mask of its stated size",
+        f"result #2, {last} runs do not cover its {h} x {w} pixels",
+        f"result #3, {last} size [{h}] is not [H, W]",
+    ]
+    # the command refuses the file (pycocotools would loop forever comparing such masks; the track's
+    # category is not evaluated, so a broken check fails this test instead of hanging it)
+    gt_path, res_path = tmp_path / "gt.json", tmp_path / "res.json"
+    gt_path.write_text(json.dumps(gt))
+    res_path.write_text(json.dumps(res + [dict(tracks[0], category_id=10**6)]))
+    assert evaluate_cli.main([str(gt_path), str(res_path)]) == 2
+    assert "1 malformed result mask(s)" in capsys.readouterr().err

@@ -3,6 +3,8 @@
     python -m vis_eval.evaluate GT.json RESULTS.json|results.zip [--per-category] [--json OUT]
 
 Prints the 12 stats (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l); -1 marks an undefined stat.
+Result masks whose RLE does not decode to its stated size are refused first (pycocotools would loop
+forever on them); ``--no-mask-check`` skips that check, which takes about as long as the evaluation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import logging
 import sys
 import time
 
-from .eval import evaluate, format_summary, load_gt, reference_evaluate
+from .eval import evaluate, format_summary, load_gt, load_results, reference_evaluate
+from .results import malformed_masks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-category", action="store_true", help="also print AP per category")
     parser.add_argument("--json", default=None, help="write the stats (and per-category AP) to this file")
     parser.add_argument("--reference", action="store_true", help="use the slow plain-loop implementation")
+    parser.add_argument(
+        "--no-mask-check", action="store_true", help="skip decoding every result RLE to check its size"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -37,9 +43,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        results = load_results(args.results)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_mask_check:
+        msgs, n_bad = malformed_masks(results)
+        if n_bad:
+            for m in msgs:
+                print(f"error: {m}", file=sys.stderr)
+            print(f"error: {n_bad} malformed result mask(s) in {args.results}", file=sys.stderr)
+            return 2
     start = time.perf_counter()
     try:
-        res = (reference_evaluate if args.reference else evaluate)(gt, args.results)
+        res = (reference_evaluate if args.reference else evaluate)(gt, results)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ __all__ = [
     "load_results_file",
     "ValidationReport",
     "validate_results",
+    "malformed_masks",
 ]
 
 _RLE_CHARS = re.compile(r"^[0-o]*$")  # compressed RLE uses the characters 48..111
@@ -282,25 +283,64 @@ def validate_results(
     missing_videos = sorted(set(videos) - seen_videos)
     if missing_videos and results:
         warn(f"{len(missing_videos)} of {len(videos)} videos have no results (e.g. {missing_videos[:5]})")
-    if rles:
-        from .eval.rle import decode_counts
-
-        for i in range(0, len(rles), 4096):
-            chunk = rles[i : i + 4096]
-            try:
-                counts, offsets = decode_counts([c for _, c, _ in chunk])
-                cum = np.r_[0, np.cumsum(counts)]
-                sums = cum[offsets[1:]] - cum[offsets[:-1]]
-                bad = [j for j, (_, _, n) in enumerate(chunk) if sums[j] != n]
-            except ValueError:  # locate the offending strings one by one
-                bad = []
-                for j, (_, c, n) in enumerate(chunk):
-                    try:
-                        cc, _ = decode_counts([c])
-                        if int(cc.sum()) != n:
-                            bad.append(j)
-                    except ValueError:
-                        bad.append(j)
-            for j in bad:
-                err(f"{chunk[j][0]}: RLE counts do not decode to a mask of the stated size")
+    for j in _bad_run_totals([c for _, c, _ in rles], [n for _, _, n in rles]):
+        err(f"{rles[j][0]}: RLE counts do not decode to a mask of the stated size")
     return rep
+
+
+def _bad_run_totals(counts: list[str | bytes], pixels: list[int]) -> list[int]:
+    """Indices of compressed RLE ``counts`` strings that do not decode to runs totalling ``pixels``."""
+    from .eval.rle import decode_counts
+
+    bad = []
+    for i in range(0, len(counts), 4096):
+        chunk, n_px = counts[i : i + 4096], np.asarray(pixels[i : i + 4096], np.int64)
+        try:
+            runs, offsets = decode_counts(chunk)
+            cum = np.r_[0, np.cumsum(runs)]
+            bad += (np.flatnonzero(cum[offsets[1:]] - cum[offsets[:-1]] != n_px) + i).tolist()
+        except ValueError:  # locate the offending strings one by one
+            for j, c in enumerate(chunk):
+                try:
+                    if int(decode_counts([c])[0].sum()) != n_px[j]:
+                        bad.append(i + j)
+                except ValueError:
+                    bad.append(i + j)
+    return bad
+
+
+def malformed_masks(results: list, max_messages: int = 20) -> tuple[list[str], int]:
+    """Result masks whose RLE runs do not cover exactly the ``H x W`` pixels of their own ``size``.
+
+    pycocotools does not check this: comparing such a mask with another one loops forever or reads
+    out of bounds, in the official evaluation code as in ours, so the evaluation command runs this
+    check first. Polygons are not checked. Returns (messages, number of bad masks).
+    """
+    where: list[str] = []
+    strings: list[str | bytes] = []
+    pixels: list[int] = []
+    msgs: list[str] = []
+    n_bad = 0
+    for k, r in enumerate(results):
+        segms = r.get("segmentations") if isinstance(r, dict) else None
+        for t, s in enumerate(segms if isinstance(segms, list) else []):
+            if not isinstance(s, dict):
+                continue
+            size, counts = s.get("size"), s.get("counts")
+            at = f"result #{k}, frame {t}"
+            if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(x) for x in size)):
+                n_bad += 1
+                msgs.append(f"{at}: RLE size {size!r} is not [H, W]")
+            elif isinstance(counts, (str, bytes)):
+                where.append(at)
+                strings.append(counts)
+                pixels.append(int(size[0]) * int(size[1]))
+            elif isinstance(counts, list):
+                total = sum(counts) if all(_is_int(x) and x >= 0 for x in counts) else None
+                if total != int(size[0]) * int(size[1]):
+                    n_bad += 1
+                    msgs.append(f"{at}: RLE runs do not cover its {size[0]} x {size[1]} pixels")
+    for j in _bad_run_totals(strings, pixels):
+        n_bad += 1
+        msgs.append(f"{where[j]}: RLE counts do not decode to a mask of its stated size")
+    return msgs[:max_messages], n_bad
