@@ -15,10 +15,8 @@ def add_centermask_config(cfg: CN) -> None:
     Safe to call more than once. Keys not added here (or by Detectron2) still raise a KeyError
     when a YAML sets them.
     """
-    add_backbone_config(cfg)  # MODEL.VOVNET.*, MODEL.MOBILENET, MODEL.FCOS.TOP_LEVELS
+    add_backbone_config(cfg)  # MODEL.VOVNET.*, MODEL.MOBILENET, MODEL.FCOS (with TOP_LEVELS)
 
-    if "FCOS" not in cfg.MODEL:
-        cfg.MODEL.FCOS = CN()
     fcos = cfg.MODEL.FCOS
     fcos.NUM_CLASSES = 80
     fcos.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]

@@ -90,6 +90,11 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return files
 
 
+def test_metadata(cfg: CfgNode):
+    """Class names and colours of the first test dataset (an empty catalog entry if there is none)."""
+    return MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+
+
 def confident(instances: Instances, threshold: float) -> Instances:
     return instances[instances.scores >= threshold]
 
@@ -113,7 +118,7 @@ def show_or_save(frame_rgb: np.ndarray, output: str | None, default_name: str, m
 
 def run_images(cfg: CfgNode, files: list[str], args: argparse.Namespace, logger: logging.Logger) -> None:
     predictor = DefaultPredictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    metadata = test_metadata(cfg)
     for path in files:
         try:
             image = read_image(path, format="BGR")
@@ -130,7 +135,7 @@ def run_images(cfg: CfgNode, files: list[str], args: argparse.Namespace, logger:
 def run_stream(cfg: CfgNode, frames: Iterator[np.ndarray], fps: float, args: argparse.Namespace) -> None:
     """Track instances through ``frames`` (BGR) and write or show the annotated video."""
     predictor = DefaultPredictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    metadata = test_metadata(cfg)
     visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
     writer = None
     try:

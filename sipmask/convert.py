@@ -8,6 +8,7 @@ on any key they do not know, so a converted file loads with no missing and no un
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -52,37 +53,43 @@ def _resnet_key(rest: str) -> str | None:
     return None
 
 
-def _fail(unknown: list[str]) -> None:
-    if unknown:
-        shown = ", ".join(sorted(unknown)[:10])
-        raise KeyError(f"{len(unknown)} keys not in the SipMask layout: {shown}")
-
-
-def convert_sipmask_mmdet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """SipMask-mmdetection ``state_dict`` (backbone / neck / bbox_head) -> Detectron2 SipMask."""
+def _rename(state_dict: dict[str, Tensor], rename: Callable[[str], str | None]) -> dict[str, Tensor]:
+    """Apply ``rename`` to every key (a DDP ``module.`` prefix stripped, BN ``num_batches_tracked``
+    dropped); raise ``KeyError`` on the keys it returns None for."""
     out: dict[str, Tensor] = {}
     unknown = []
     for key, value in _strip_module(state_dict).items():
         if key.endswith("num_batches_tracked"):
             continue
-        new = None
-        if key.startswith("backbone."):
-            rest = _resnet_key(key[len("backbone.") :])
-            new = None if rest is None else "backbone.bottom_up." + rest
-        elif (m := re.fullmatch(r"neck\.lateral_convs\.(\d)\.conv\.(weight|bias)", key)) is not None:
-            new = f"backbone.fpn_lateral{int(m.group(1)) + 3}.{m.group(2)}"
-        elif (m := re.fullmatch(r"neck\.fpn_convs\.(\d)\.conv\.(weight|bias)", key)) is not None:
-            idx = int(m.group(1))
-            name = f"fpn_output{idx + 3}" if idx < 3 else {3: "top_block.p6", 4: "top_block.p7"}.get(idx)
-            new = None if name is None else f"backbone.{name}.{m.group(2)}"
-        elif key.startswith("bbox_head.") and _MMDET_HEAD_KEY.fullmatch(key[len("bbox_head.") :]):
-            new = "head." + key[len("bbox_head.") :]
+        new = rename(key)
         if new is None:
             unknown.append(key)
         else:
             out[new] = value
-    _fail(unknown)
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:10])
+        raise KeyError(f"{len(unknown)} keys not in the SipMask layout: {shown}")
     return out
+
+
+def _mmdet_key(key: str) -> str | None:
+    if key.startswith("backbone."):
+        rest = _resnet_key(key[len("backbone.") :])
+        return None if rest is None else "backbone.bottom_up." + rest
+    if (m := re.fullmatch(r"neck\.lateral_convs\.(\d)\.conv\.(weight|bias)", key)) is not None:
+        return f"backbone.fpn_lateral{int(m.group(1)) + 3}.{m.group(2)}"
+    if (m := re.fullmatch(r"neck\.fpn_convs\.(\d)\.conv\.(weight|bias)", key)) is not None:
+        idx = int(m.group(1))
+        name = f"fpn_output{idx + 3}" if idx < 3 else {3: "top_block.p6", 4: "top_block.p7"}.get(idx)
+        return None if name is None else f"backbone.{name}.{m.group(2)}"
+    if key.startswith("bbox_head.") and _MMDET_HEAD_KEY.fullmatch(key[len("bbox_head.") :]):
+        return "head." + key[len("bbox_head.") :]
+    return None
+
+
+def convert_sipmask_mmdet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SipMask-mmdetection ``state_dict`` (backbone / neck / bbox_head) -> Detectron2 SipMask."""
+    return _rename(state_dict, _mmdet_key)
 
 
 def _benchmark_head_key(rest: str) -> str | None:
@@ -98,12 +105,26 @@ def _benchmark_head_key(rest: str) -> str | None:
             m.group(1)
         ]
         return f"{name}.{m.group(2)}"
-    if re.fullmatch(r"scales\.\d+\.scale", rest):
-        return rest
     if re.fullmatch(
-        r"(feat_align\.(conv_offset|conv_adaption|norm)|sip_cof|sip_mask_lat0?)\.(weight|bias)", rest
+        r"scales\.\d+\.scale|(feat_align\.(conv_offset|conv_adaption|norm)|sip_cof|sip_mask_lat0?)\.(weight|bias)",
+        rest,
     ):
         return rest
+    return None
+
+
+def _benchmark_key(key: str) -> str | None:
+    if key.startswith("backbone.body."):
+        rest = _resnet_key(key[len("backbone.body.") :])
+        return None if rest is None else "backbone.bottom_up." + rest
+    if (m := re.fullmatch(r"backbone\.fpn\.fpn_(inner|layer)(\d)\.(weight|bias)", key)) is not None:
+        kind = "lateral" if m.group(1) == "inner" else "output"
+        return f"backbone.fpn_{kind}{int(m.group(2)) + 1}.{m.group(3)}"
+    if (m := re.fullmatch(r"backbone\.fpn\.top_blocks\.(p6|p7)\.(weight|bias)", key)) is not None:
+        return f"backbone.top_block.{m.group(1)}.{m.group(2)}"
+    if key.startswith("rpn.head."):
+        rest = _benchmark_head_key(key[len("rpn.head.") :])
+        return None if rest is None else "head." + rest
     return None
 
 
@@ -114,31 +135,10 @@ def convert_sipmask_benchmark(state_dict: dict[str, Tensor], eps: float = 1e-5) 
     rescaled by ``sqrt(var + eps) / sqrt(var)`` so that the converted model computes the same
     affine transform. The 1-element ``scales.*.scale`` become 0-d.
     """
-    out: dict[str, Tensor] = {}
-    unknown = []
-    sd = _strip_module(state_dict)
-    for key, value in sd.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        new = None
-        if key.startswith("backbone.body."):
-            rest = _resnet_key(key[len("backbone.body.") :])
-            new = None if rest is None else "backbone.bottom_up." + rest
-        elif (m := re.fullmatch(r"backbone\.fpn\.fpn_(inner|layer)(\d)\.(weight|bias)", key)) is not None:
-            kind = "lateral" if m.group(1) == "inner" else "output"
-            new = f"backbone.fpn_{kind}{int(m.group(2)) + 1}.{m.group(3)}"
-        elif (m := re.fullmatch(r"backbone\.fpn\.top_blocks\.(p6|p7)\.(weight|bias)", key)) is not None:
-            new = f"backbone.top_block.{m.group(1)}.{m.group(2)}"
-        elif key.startswith("rpn.head."):
-            rest = _benchmark_head_key(key[len("rpn.head.") :])
-            new = None if rest is None else "head." + rest
-            if rest is not None and rest.startswith("scales."):
-                value = value.reshape(())
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    _fail(unknown)
+    out = _rename(state_dict, _benchmark_key)
+    for key in out:
+        if key.startswith("head.scales."):
+            out[key] = out[key].reshape(())
     # Fold the eps difference of the frozen BNs into their weights.
     for key in list(out):
         if key.endswith("norm.running_var") and key.startswith("backbone.bottom_up."):

@@ -279,8 +279,7 @@ def test_full_dcn_model_keys_and_shapes():
         "backbone.top_block.p6.weight": (256, 256, 3, 3),
         "backbone.top_block.p7.bias": (256,),
     }
-    for key, shape in expected.items():
-        assert sd.get(key) == shape, key
+    assert {k: sd.get(k) for k in expected} == expected
     assert bu + "stage2.OSA2_1.layers.0.OSA2_1_0/conv_offset.weight" not in sd
     assert bu + "stage3.OSA3_1.layers.0.OSA3_1_0/conv.bias" not in sd
     # every key has one of the forms listed in spec 10.1 (no extra buffers such as num_batches_tracked)
@@ -322,8 +321,7 @@ def test_lite_dw_keys_and_shapes():
         "backbone.fpn_lateral5.weight": (128, 512, 1, 1),
         "backbone.top_block.p7.weight": (128, 128, 3, 3),
     }
-    for key, shape in expected.items():
-        assert sd.get(key) == shape, key
+    assert {k: sd.get(k) for k in expected} == expected
     assert not any(k.startswith(bu + "stage2.OSA2_1.conv_reduction") for k in sd)
     assert bu + "stem.stem_1/dw_conv3x3.weight" not in sd
 
@@ -354,8 +352,7 @@ def test_mobilenetv2_structure_params_and_keys():
         "features.2.conv.7.running_mean": (24,),
         "features.17.conv.6.weight": (320, 960, 1, 1),
     }
-    for key, shape in expected.items():
-        assert sd.get(key) == shape, key
+    assert {k: sd.get(k) for k in expected} == expected
     assert "features.1.conv.6.weight" not in sd and not any(k.startswith("features.18") for k in sd)
 
     shapes = model.output_shape()

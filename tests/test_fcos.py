@@ -292,7 +292,7 @@ def test_fcos_loss_values_without_gt_and_on_perfect_predictions():
         (64, 64), gt_boxes=Boxes(torch.tensor([[8.0, 8.0, 40.0, 40.0]])), gt_classes=torch.tensor([2])
     )
     locations = compute_locations([f.shape[-2:] for f in feats.values()], fcos.strides)
-    labels, reg_targets, strides = fcos.targets(locations, [gt])
+    labels, reg_targets = fcos.targets(locations, [gt])
     pos = labels[0] != 3
     assert pos.sum() == 4 and (labels[0][pos] == 2).all()  # (20|28, 20|28) on P3
     assert torch.allclose(reg_targets[0][pos][0], torch.tensor([12.0, 12.0, 20.0, 20.0]) / 8)

@@ -12,7 +12,12 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
-from video_oracle import GroundTruthAssociator, OracleModel, load_gt_frames
+from video_oracle import (
+    GroundTruthAssociator,
+    OracleModel,
+    load_gt_frames,
+    single_thread,  # noqa: F401 (an autouse fixture)
+)
 
 from vis_eval import synthetic_video
 from vis_eval.runner import (
@@ -24,15 +29,6 @@ from vis_eval.runner import (
     run_video,
 )
 from vis_eval.tracker import MaskIoUTracker
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Per-frame tensors are small: intra-op threads only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,26 @@ def resnet_keys(prefix: str, stem: str, depth: int, dcn: bool, tracked: bool) ->
     return sd
 
 
+def mask_branch_keys(h: str, align_bias: bool) -> dict:
+    """Feature alignment, coefficient and basis-mask keys (same in both layouts, spec §5.1 / §5.2);
+    the benchmark's alignment conv has a bias. ``feat_align.norm`` is present even without GN."""
+    sd = {
+        f"{h}feat_align.conv_offset.weight": torch.randn(72, 4, 1, 1),
+        f"{h}feat_align.conv_adaption.weight": torch.randn(256, 256, 3, 3),
+        f"{h}feat_align.norm.weight": torch.randn(256),
+        f"{h}feat_align.norm.bias": torch.randn(256),
+        f"{h}sip_cof.weight": torch.randn(128, 256, 3, 3),
+        f"{h}sip_cof.bias": torch.randn(128),
+        f"{h}sip_mask_lat0.weight": torch.randn(512, 768, 1, 1),
+        f"{h}sip_mask_lat0.bias": torch.randn(512),
+        f"{h}sip_mask_lat.weight": torch.randn(32, 512, 3, 3),
+        f"{h}sip_mask_lat.bias": torch.randn(32),
+    }
+    if align_bias:
+        sd[f"{h}feat_align.conv_adaption.bias"] = torch.randn(256)
+    return sd
+
+
 def mmdet_state_dict(
     depth: int, num_convs: int, gn: bool, dcn: bool = False, rescoring: bool = False
 ) -> dict:
@@ -76,16 +96,7 @@ def mmdet_state_dict(
         sd[f"{h}{name}.bias"] = torch.randn(c)
     for i in range(5):
         sd[f"{h}scales.{i}.scale"] = torch.tensor(1.0 + i)
-    sd[f"{h}feat_align.conv_offset.weight"] = torch.randn(72, 4, 1, 1)
-    sd[f"{h}feat_align.conv_adaption.weight"] = torch.randn(256, 256, 3, 3)
-    sd[f"{h}feat_align.norm.weight"] = torch.randn(256)  # present even without GN
-    sd[f"{h}feat_align.norm.bias"] = torch.randn(256)
-    sd[f"{h}sip_cof.weight"], sd[f"{h}sip_cof.bias"] = torch.randn(128, 256, 3, 3), torch.randn(128)
-    sd[f"{h}sip_mask_lat0.weight"], sd[f"{h}sip_mask_lat0.bias"] = (
-        torch.randn(512, 768, 1, 1),
-        torch.randn(512),
-    )
-    sd[f"{h}sip_mask_lat.weight"], sd[f"{h}sip_mask_lat.bias"] = torch.randn(32, 512, 3, 3), torch.randn(32)
+    sd.update(mask_branch_keys(h, align_bias=False))
     if rescoring:
         chans = [1, 16, 16, 16, 32, 64, 128]
         for i in range(6):
@@ -120,17 +131,7 @@ def benchmark_state_dict(depth: int, prefix: str = "module.") -> dict:
         sd[f"{h}{name}.bias"] = torch.randn(c)
     for i in range(5):
         sd[f"{h}scales.{i}.scale"] = torch.tensor([1.0 + i])
-    sd[f"{h}feat_align.conv_offset.weight"] = torch.randn(72, 4, 1, 1)
-    sd[f"{h}feat_align.conv_adaption.weight"] = torch.randn(256, 256, 3, 3)
-    sd[f"{h}feat_align.conv_adaption.bias"] = torch.randn(256)
-    sd[f"{h}feat_align.norm.weight"] = torch.randn(256)
-    sd[f"{h}feat_align.norm.bias"] = torch.randn(256)
-    sd[f"{h}sip_cof.weight"], sd[f"{h}sip_cof.bias"] = torch.randn(128, 256, 3, 3), torch.randn(128)
-    sd[f"{h}sip_mask_lat0.weight"], sd[f"{h}sip_mask_lat0.bias"] = (
-        torch.randn(512, 768, 1, 1),
-        torch.randn(512),
-    )
-    sd[f"{h}sip_mask_lat.weight"], sd[f"{h}sip_mask_lat.bias"] = torch.randn(32, 512, 3, 3), torch.randn(32)
+    sd.update(mask_branch_keys(h, align_bias=True))
     return {prefix + k: v for k, v in sd.items()}
 
 

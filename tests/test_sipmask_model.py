@@ -206,7 +206,10 @@ def test_images_without_instances_train(small_model):
         only_empty["loss_mask"] == 0 and only_empty["loss_bbox"] == 0 and only_empty["loss_centerness"] == 0
     )
     assert only_empty["loss_cls"] > 0
+    small_model.zero_grad(set_to_none=True)
     sum(only_empty.values()).backward()  # a graph even without positives
+    # every trainable parameter is reached (DDP without find_unused_parameters)
+    assert [n for n, p in small_model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 def test_tiny_and_partly_outside_boxes_train(small_model):

@@ -8,7 +8,12 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Instances
-from video_oracle import GroundTruthAssociator, OracleModel, load_gt_frames
+from video_oracle import (
+    GroundTruthAssociator,
+    OracleModel,
+    load_gt_frames,
+    single_thread,  # noqa: F401 (an autouse fixture)
+)
 
 from vis_eval.runner import evaluate_video_dataset
 from vis_eval.synthetic_video import register_synthetic_vis
@@ -17,15 +22,6 @@ from vis_eval.tracker import Associator
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "synthetic_vis_tiny"
 ITERS = 80  # CenterMask-Lite training iterations (batch 4) for the image-model test
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Per-frame inference is many small ops: intra-op threads only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
 """YouTube-VIS video AP: the spec's hand-computed cases and fast == plain reference on random data."""
 
+import copy
+import logging
+
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
@@ -58,14 +61,26 @@ def det(vid, cat, score, segs):
     return {"video_id": vid, "category_id": cat, "score": score, "segmentations": segs}
 
 
+def complement(r):
+    """Compressed RLE of the complement of mask ``r``."""
+    inv = np.asfortranarray(1 - mask_util.decode(r))
+    return {"size": list(r["size"]), "counts": mask_util.encode(inv)["counts"].decode()}
+
+
+def assert_same(fast, ref):
+    assert np.array_equal(fast.precision, ref.precision)
+    assert np.array_equal(fast.recall, ref.recall)
+    assert np.array_equal(fast.scores, ref.scores)
+    np.testing.assert_allclose(fast.stats, ref.stats, rtol=0, atol=1e-12)
+    assert fast.ious.keys() == ref.ious.keys()
+    for key in fast.ious:
+        assert np.array_equal(fast.ious[key], ref.ious[key])
+
+
 def both(gt, results, params=None):
-    out = [impl(gt, results, params) for impl in IMPLS]
-    assert np.array_equal(out[0].precision, out[1].precision)
-    assert np.array_equal(out[0].recall, out[1].recall)
-    assert out[0].ious.keys() == out[1].ious.keys()
-    for key in out[0].ious:
-        assert np.array_equal(out[0].ious[key], out[1].ious[key])
-    return out[0]
+    fast, ref = (impl(gt, results, params) for impl in IMPLS)
+    assert_same(fast, ref)
+    return fast
 
 
 # ----------------------------------------------------------------------------- spec §4.10
@@ -99,7 +114,11 @@ def test_worked_example_iou(kwargs, iou):
         assert both(gt, res, p).stats[0] == pytest.approx(0.5)
 
 
-def test_worked_example_wrong_size_warns_and_zip_truncation():
+def test_worked_example_wrong_size_warns_and_zip_truncation(caplog):
+    gt, res = worked_example(wrong_size=True)
+    with caplog.at_level(logging.WARNING, logger="vis_eval.eval.ytviseval"):
+        evaluate(gt, res)
+    assert "1 (result, GT) frame pairs have masks of different sizes" in caplog.text
     # a result with fewer frames than the video: frames past its end are ignored (zip)
     g = [rle(10, 10, 10)] * 3
     gt = make_gt({1: (3, 10, 10)}, [(1, 1, g)])
@@ -141,11 +160,8 @@ def test_tied_scores_keep_load_order():
 
 
 def test_max_dets_per_video_and_category():
-    a, b = rle(20, 20, rows=10, cols=20), rle(20, 20, pixels=400 - 200)
-    b = {
-        "size": [20, 20],
-        "counts": mask_util.encode(np.asfortranarray(1 - mask_util.decode(a)))["counts"].decode(),
-    }
+    a = rle(20, 20, rows=10, cols=20)
+    b = complement(a)
     gt = make_gt({1: (1, 20, 20)}, [(1, 1, [a]), (1, 1, [b])])
     out = both(gt, [det(1, 1, 0.9, [a]), det(1, 1, 0.8, [b])])
     assert out.stats[6] == 0.5  # AR1: one track per (video, category)
@@ -153,17 +169,12 @@ def test_max_dets_per_video_and_category():
 
 
 def test_crowd_gt_absorbs_results():
-    m1, m2 = rle(20, 20, rows=10, cols=20), None
-    m2 = {
-        "size": [20, 20],
-        "counts": mask_util.encode(np.asfortranarray(1 - mask_util.decode(m1)))["counts"].decode(),
-    }
+    m1 = rle(20, 20, rows=10, cols=20)
+    m2 = complement(m1)
     gt = make_gt({1: (1, 20, 20)}, [(1, 1, [m1]), (1, 1, [m2], 1)])
     res = [det(1, 1, 0.9, [m2]), det(1, 1, 0.8, [m2]), det(1, 1, 0.7, [m1])]
     out = both(gt, res)
-    assert out.stats[0] == pytest.approx(
-        1.0, abs=1e-12
-    )  # both crowd matches are ignored, not false positives
+    assert out.stats[0] == pytest.approx(1.0, abs=1e-12)  # both crowd matches are ignored, not FPs
     # without the crowd flag the second duplicate is a false positive ranked above the last TP
     gt["annotations"][1]["iscrowd"] = 0
     out = both(gt, res)
@@ -189,9 +200,8 @@ def test_categories_without_gt_and_unknown_ones():
     gt = make_gt({1: (1, 10, 10)}, [(1, 1, [m])], n_cats=3)
     res = [det(1, 1, 0.9, [m]), det(1, 2, 0.9, [m]), det(1, 7, 0.9, [m])]
     out = both(gt, res)
-    assert out.stats[0] == pytest.approx(
-        1.0, abs=1e-12
-    )  # category 2 has no GT: -1, left out of the mean; 7 is not evaluated
+    # category 2 has no GT: -1, left out of the mean; 7 is not evaluated
+    assert out.stats[0] == pytest.approx(1.0, abs=1e-12)
     assert np.isnan(out.per_category_ap()[2])
     with pytest.raises(ValueError, match="video_id 5"):
         evaluate(gt, [det(5, 1, 0.9, [m])])
@@ -219,8 +229,6 @@ def test_gt_formats_polygon_uncompressed_and_no_areas():
 def test_inputs_not_mutated():
     rng = np.random.default_rng(5)
     gt, res = random_gt_and_results(rng)
-    import copy
-
     gt0, res0 = copy.deepcopy(gt), copy.deepcopy(res)
     evaluate(gt, res)
     assert gt == gt0 and res == res0
@@ -246,24 +254,7 @@ def test_random_fast_equals_reference(seed):
     params = None
     if seed % 5 == 4:
         params = EvalParams(max_dets=(1, 3, 5))
-    fast = evaluate(gt, res, params)
-    ref = reference_evaluate(gt, res, params)
-    assert np.array_equal(fast.precision, ref.precision)
-    assert np.array_equal(fast.recall, ref.recall)
-    assert np.array_equal(fast.scores, ref.scores)
-    np.testing.assert_allclose(fast.stats, ref.stats, rtol=0, atol=1e-12)
-    assert fast.ious.keys() == ref.ious.keys()
-    for key in fast.ious:
-        assert np.array_equal(fast.ious[key], ref.ious[key])
-
-
-def _assert_same(fast, ref):
-    assert np.array_equal(fast.precision, ref.precision)
-    assert np.array_equal(fast.recall, ref.recall)
-    assert np.array_equal(fast.scores, ref.scores)
-    assert fast.ious.keys() == ref.ious.keys()
-    for key in fast.ious:
-        assert np.array_equal(fast.ious[key], ref.ious[key])
+    both(gt, res, params)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -281,9 +272,9 @@ def test_batched_iou_call_splitting(seed, monkeypatch):
     one_slot = evaluate(gt, res)
     monkeypatch.setattr(fast_mod, "_FRAME_CALL_MASKS", 3)  # mixes batched and per-frame groups
     mixed = evaluate(gt, res)
-    _assert_same(split, ref)
-    _assert_same(one_slot, ref)
-    _assert_same(mixed, ref)
+    assert_same(split, ref)
+    assert_same(one_slot, ref)
+    assert_same(mixed, ref)
 
 
 def test_bytes_and_unusual_rle_strings_take_exact_paths():
@@ -313,4 +304,4 @@ def test_bytes_and_unusual_rle_strings_take_exact_paths():
             segs.append(s)
         r["segmentations"] = segs
     assert n_changed
-    _assert_same(evaluate(gt, res), reference_evaluate(gt, res))
+    assert_same(evaluate(gt, res), reference_evaluate(gt, res))

@@ -9,6 +9,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from vis_eval.synthetic_video import mask_to_uncompressed_rle
 from vis_eval.ytvis import (
     OVIS_CATEGORIES,
     YTVIS_2019_CATEGORIES,
@@ -28,13 +29,9 @@ H, W = 8, 10
 def _rle(rows, cols, compressed=True):
     m = np.zeros((H, W), np.uint8, order="F")
     m[:rows, :cols] = 1
-    r = mask_util.encode(m)
-    if compressed:
-        return {"size": [H, W], "counts": r["counts"].decode()}
-    flat = m.ravel(order="F")
-    change = np.flatnonzero(np.diff(flat)) + 1
-    counts = np.diff(np.r_[0, change, flat.size]).tolist()
-    return {"size": [H, W], "counts": ([0] + counts) if flat[0] else counts}
+    if not compressed:
+        return mask_to_uncompressed_rle(m)
+    return {"size": [H, W], "counts": mask_util.encode(m)["counts"].decode()}
 
 
 def _write(tmp_path, data, name="train.json"):

@@ -1,6 +1,6 @@
 """Test doubles for video inference: a deterministic "model" that returns ground truth, and an
 associator that reads the ground-truth track ids (so runner + results + evaluator can be checked
-exactly, independently of any tracker or trained model)."""
+exactly, independently of any tracker or trained model); and the video tests' shared fixture."""
 
 from __future__ import annotations
 
@@ -9,10 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
+import pytest
 import torch
 from detectron2.structures import BitMasks, Instances
 
 from vis_eval.tracker import Associator
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Autouse in the modules that import it: per-frame inference is many small ops, intra-op
+    threads only add contention on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def load_gt_frames(json_file: str | Path) -> dict[int, list[list[tuple[int, int, np.ndarray]]]]:

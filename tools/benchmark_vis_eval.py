@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def make_files(out_dir: str, n_videos: int, seed: int, regime: str = "crowded") 
     return gt_path, res_path
 
 
-def _time(fn, *args, repeat: int) -> tuple[float, object]:
+def _time(fn: Callable, *args: object, repeat: int) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeat):
         t0 = time.perf_counter()

@@ -4,7 +4,8 @@
 
 Prints the 12 stats (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l); -1 marks an undefined stat.
 Result masks whose RLE does not decode to its stated size are refused first (pycocotools would loop
-forever on them); ``--no-mask-check`` skips that check, which takes about as long as the evaluation.
+forever on them); ``--no-mask-check`` skips that check, which decodes every result RLE string and
+takes about as long as the evaluation (longer on sparse files).
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 from collections import OrderedDict
 
@@ -25,7 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from .eval import evaluate, format_summary
+from .eval import evaluate, format_summary, load_gt, segm_to_rle
 from .results import normalize_results, write_results_json, write_submission_zip
 
 __all__ = ["YTVISEvaluator", "dataset_dicts_to_ytvis_gt"]
@@ -65,13 +64,10 @@ def dataset_dicts_to_ytvis_gt(videos: list[dict], metadata) -> dict:
                         "areas": [None] * n,
                     }
                 segm = obj["segmentation"]
-                rle = segm if isinstance(segm, dict) else mask_util.merge(mask_util.frPyObjects(segm, h, w))
-                if isinstance(rle.get("counts"), list):
-                    rle = mask_util.frPyObjects(rle, *rle["size"])
                 tr = tracks[key]
                 tr["segmentations"][t] = segm
                 tr["bboxes"][t] = list(obj["bbox"])
-                tr["areas"][t] = int(mask_util.area(rle))
+                tr["areas"][t] = int(mask_util.area(segm_to_rle(segm, h, w)))
     return {"videos": out_videos, "categories": cats, "annotations": list(tracks.values())}
 
 
@@ -114,13 +110,11 @@ class YTVISEvaluator(DatasetEvaluator):
             for r in results:
                 if r.get("video_id", vid) != vid:
                     raise ValueError(f"result for video {r['video_id']} passed with input video {vid}")
-                self._predictions.extend(normalize_results([dict(r, video_id=vid)]))
+            self._predictions.extend(normalize_results([dict(r, video_id=vid) for r in results]))
 
     def _ground_truth(self) -> dict | None:
         """The annotation dict, or None when the split has no annotations."""
         if self._json_file and os.path.isfile(self._json_file):
-            from .eval import load_gt
-
             gt = load_gt(self._json_file)
         else:
             gt = dataset_dicts_to_ytvis_gt(DatasetCatalog.get(self._dataset_name), self._metadata)
@@ -155,11 +149,9 @@ class YTVISEvaluator(DatasetEvaluator):
             return {}
         res = evaluate(gt, predictions)
         logger.info(f"Video AP on {self._dataset_name}:\n{format_summary(res.stats, res.params)}")
-        segm: dict[str, float] = {}
-        for name in _REPORTED:
-            v = res.as_dict()[name]
-            segm[name] = v * 100 if v >= 0 else float("nan")
+        stats = res.as_dict()
+        segm = {name: stats[name] * 100 if stats[name] >= 0 else float("nan") for name in _REPORTED}
         names = {c["id"]: c.get("name", str(c["id"])) for c in gt["categories"]}
         for cat, ap in res.per_category_ap().items():
-            segm[f"AP-{names.get(cat, cat)}"] = ap * 100 if not math.isnan(ap) else float("nan")
+            segm[f"AP-{names.get(cat, cat)}"] = ap * 100  # NaN (no ground truth) stays NaN
         return OrderedDict(segm=segm)

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 
+from .eval.rle import decode_counts
+
 __all__ = [
     "encode_mask",
     "normalize_results",
@@ -177,7 +179,7 @@ def _videos_and_categories(gt: Any) -> tuple[dict[int, tuple[int, int, int]], se
 
 
 def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
 
 
 def validate_results(
@@ -221,7 +223,9 @@ def validate_results(
     videos, cat_ids = _videos_and_categories(gt)
     if not results:
         warn("the results list is empty")
-    rles: list[tuple[str, str, int]] = []  # (where, counts, expected pixels)
+    rle_at: list[str] = []  # RLE strings to decode: location, counts, expected pixels
+    rle_counts: list[str] = []
+    rle_pixels: list[int] = []
     per_bucket: Counter = Counter()
     seen_videos = set()
     empty_tracks: list[int] = []
@@ -274,7 +278,9 @@ def validate_results(
             elif not _RLE_CHARS.match(counts):
                 err(f"{at}: RLE counts contain characters outside the compressed RLE alphabet")
             elif check_counts:
-                rles.append((at, counts, h * w))
+                rle_at.append(at)
+                rle_counts.append(counts)
+                rle_pixels.append(h * w)
     if empty_tracks:
         warn(f"{len(empty_tracks)} results have every frame null (e.g. result #{empty_tracks[0]})")
     for (vid, cat), n in per_bucket.items():
@@ -283,15 +289,13 @@ def validate_results(
     missing_videos = sorted(set(videos) - seen_videos)
     if missing_videos and results:
         warn(f"{len(missing_videos)} of {len(videos)} videos have no results (e.g. {missing_videos[:5]})")
-    for j in _bad_run_totals([c for _, c, _ in rles], [n for _, _, n in rles]):
-        err(f"{rles[j][0]}: RLE counts do not decode to a mask of the stated size")
+    for j in _bad_run_totals(rle_counts, rle_pixels):
+        err(f"{rle_at[j]}: RLE counts do not decode to a mask of the stated size")
     return rep
 
 
 def _bad_run_totals(counts: list[str | bytes], pixels: list[int]) -> list[int]:
     """Indices of compressed RLE ``counts`` strings that do not decode to runs totalling ``pixels``."""
-    from .eval.rle import decode_counts
-
     bad = []
     for i in range(0, len(counts), 4096):
         chunk, n_px = counts[i : i + 4096], np.asarray(pixels[i : i + 4096], np.int64)
@@ -316,7 +320,7 @@ def malformed_masks(results: list, max_messages: int = 20) -> tuple[list[str], i
     out of bounds, in the official evaluation code as in ours, so the evaluation command runs this
     check first. Polygons are not checked. Returns (messages, number of bad masks).
     """
-    where: list[str] = []
+    where: list[tuple[int, int]] = []  # (result, frame) of each compressed RLE string
     strings: list[str | bytes] = []
     pixels: list[int] = []
     msgs: list[str] = []
@@ -327,20 +331,22 @@ def malformed_masks(results: list, max_messages: int = 20) -> tuple[list[str], i
             if not isinstance(s, dict):
                 continue
             size, counts = s.get("size"), s.get("counts")
-            at = f"result #{k}, frame {t}"
             if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(x) for x in size)):
                 n_bad += 1
-                msgs.append(f"{at}: RLE size {size!r} is not [H, W]")
+                msgs.append(f"result #{k}, frame {t}: RLE size {size!r} is not [H, W]")
             elif isinstance(counts, (str, bytes)):
-                where.append(at)
+                where.append((k, t))
                 strings.append(counts)
                 pixels.append(int(size[0]) * int(size[1]))
             elif isinstance(counts, list):
                 total = sum(counts) if all(_is_int(x) and x >= 0 for x in counts) else None
                 if total != int(size[0]) * int(size[1]):
                     n_bad += 1
-                    msgs.append(f"{at}: RLE runs do not cover its {size[0]} x {size[1]} pixels")
+                    msgs.append(
+                        f"result #{k}, frame {t}: RLE runs do not cover its {size[0]} x {size[1]} pixels"
+                    )
     for j in _bad_run_totals(strings, pixels):
         n_bad += 1
-        msgs.append(f"{where[j]}: RLE counts do not decode to a mask of its stated size")
+        k, t = where[j]
+        msgs.append(f"result #{k}, frame {t}: RLE counts do not decode to a mask of its stated size")
     return msgs[:max_messages], n_bad

@@ -19,7 +19,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +146,8 @@ def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict]:
 @dataclass
 class _TrackRecord:
     score_sum: float = 0.0
-    num_frames: int = 0
-    labels: Counter | None = None
-    rles: dict[int, dict] | None = None  # frame index -> compressed RLE
+    labels: Counter = field(default_factory=Counter)
+    rles: dict[int, dict] = field(default_factory=dict)  # frame index -> compressed RLE
 
 
 class VideoResultBuilder:
@@ -176,10 +175,10 @@ class VideoResultBuilder:
             )
         if len(instances) == 0:
             return
-        for field in ("pred_ids", "scores", "pred_classes", "pred_masks"):
-            if not instances.has(field):
+        for name in ("pred_ids", "scores", "pred_classes", "pred_masks"):
+            if not instances.has(name):
                 raise KeyError(
-                    f"frame {frame_index}: tracked instances lack {field!r} (have {instances.get_fields().keys()})"
+                    f"frame {frame_index}: tracked instances lack {name!r} (have {list(instances.get_fields())})"
                 )
         if tuple(instances.pred_masks.shape[1:]) != (self.height, self.width):
             raise ValueError(
@@ -195,9 +194,8 @@ class VideoResultBuilder:
         ):
             record = self._tracks.get(track_id)
             if record is None:
-                record = self._tracks[track_id] = _TrackRecord(labels=Counter(), rles={})
+                record = self._tracks[track_id] = _TrackRecord()
             record.score_sum += score
-            record.num_frames += 1
             record.labels[label] += 1
             record.rles[frame_index] = rle
 
@@ -227,7 +225,7 @@ class VideoResultBuilder:
                 {
                     "video_id": video_id,
                     "category_id": category_map[label] if category_map is not None else label,
-                    "score": record.score_sum / record.num_frames,
+                    "score": record.score_sum / len(record.rles),
                     "segmentations": segmentations,
                 }
             )
@@ -243,6 +241,11 @@ class TrackedFrame:
     index: int
     image: np.ndarray
     instances: Instances
+
+
+def _model_module(model: torch.nn.Module | Callable) -> torch.nn.Module | Callable:
+    """The ``nn.Module`` behind ``model`` (e.g. ``DefaultPredictor.model``), else ``model`` itself."""
+    return model if isinstance(model, torch.nn.Module) else getattr(model, "model", model)
 
 
 class _ModulePredictor:
@@ -300,9 +303,8 @@ class VideoRunner:
         cls, cfg: CfgNode, model: torch.nn.Module | Callable, associator: Associator | None = None
     ) -> VideoRunner:
         """Preprocessing from ``cfg.INPUT``; associator from :func:`build_associator` if not given."""
-        module = model if isinstance(model, torch.nn.Module) else getattr(model, "model", model)
         if associator is None:
-            associator = build_associator(cfg, module)
+            associator = build_associator(cfg, _model_module(model))
         return cls(
             model,
             associator,
@@ -389,12 +391,10 @@ def run_video(
     (``cfg.MODEL.MASK_IOU_TRACKER`` if present). Frames are also added to ``builder`` if given.
     """
     if associator is None:
-        module = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
-        associator = build_associator(cfg, module)
-    if cfg is not None:
-        runner = VideoRunner.from_config(cfg, model, associator)
-    else:
-        runner = VideoRunner(model, associator)
+        associator = build_associator(cfg, _model_module(model))
+    runner = (
+        VideoRunner(model, associator) if cfg is None else VideoRunner.from_config(cfg, model, associator)
+    )
     for tracked in runner.stream(source, builder=builder):
         yield tracked.image, tracked.instances
 

@@ -18,7 +18,8 @@ CLASS_NAMES: tuple[str, ...] = ("circle", "triangle", "square")
 # One colour family per class (RGB); instances jitter around it.
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((220, 60, 50), (60, 190, 70), (50, 90, 220))
 _COLOR_JITTER = 35
-_CIRCLE_VERTICES = 32
+# Vertices of each class's polygon on its circumcircle.
+_NUM_VERTICES: dict[str, int] = {"circle": 32, "triangle": 3, "square": 4}
 
 
 @dataclass(frozen=True)
@@ -40,18 +41,9 @@ class Shape:
 
 def shape_polygon(shape: Shape) -> np.ndarray:
     """Vertices (P, 2) as float (x, y) pixel coordinates, counter-clockwise."""
-    name = CLASS_NAMES[shape.category]
-    if name == "circle":
-        num, radius_scale = _CIRCLE_VERTICES, 1.0
-    elif name == "triangle":
-        num, radius_scale = 3, 1.0
-    elif name == "square":
-        num, radius_scale = 4, 1.0
-    else:  # pragma: no cover - CLASS_NAMES and this table are edited together
-        raise ValueError(f"unknown shape class {name!r}")
+    num = _NUM_VERTICES[CLASS_NAMES[shape.category]]
     theta = shape.angle + np.arange(num) * (2 * np.pi / num)
-    radius = shape.size * radius_scale
-    return np.stack([shape.cx + radius * np.cos(theta), shape.cy + radius * np.sin(theta)], axis=1)
+    return np.stack([shape.cx + shape.size * np.cos(theta), shape.cy + shape.size * np.sin(theta)], axis=1)
 
 
 def random_shape(

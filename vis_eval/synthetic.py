@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,7 +72,7 @@ SCENE = SceneSpec()
 
 
 def datasets_root() -> Path:
-    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")).expanduser()
 
 
 def sample_scene(rng: np.random.Generator, scene: SceneSpec = SCENE) -> list[Shape]:
@@ -131,8 +132,7 @@ def write_split(out_dir: Path, split: str, spec: SplitSpec, scene: SceneSpec = S
         images.append({"id": image_id, "file_name": file_name, "height": scene.height, "width": scene.width})
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)]
-    coco = {"images": images, "annotations": annotations, "categories": categories}
+    coco = {"images": images, "annotations": annotations, "categories": shape_categories()}
     (out_dir / f"{split}.json").write_text(json.dumps(coco))
 
 
@@ -172,31 +172,67 @@ def shape_class_metadata() -> dict:
     }
 
 
+def shape_categories() -> list[dict]:
+    """The JSON ``categories`` of the synthetic image and video datasets (ids start at 1)."""
+    return [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)]
+
+
+def ensure_split(
+    prefix: str,
+    base: Path,
+    split: str,
+    splits: dict,
+    write_split: Callable[[Path, str, Any], None],
+    image_subdir: str = "",
+) -> tuple[Path, Path]:
+    """Generate ``split`` of the synthetic dataset ``prefix`` under ``base`` with
+    ``write_split(out_dir, split, splits[split])`` if absent (see :func:`generate_once`); return
+    (json file, image root ``base/<split>/<image_subdir>``)."""
+    if split not in splits:
+        raise KeyError(f"unknown {prefix} split {split!r}; known: {sorted(splits)}")
+    json_file = generate_once(base, split, lambda out: write_split(out, split, splits[split]))
+    return json_file, base / split / image_subdir
+
+
+def register_generated_splits(
+    prefix: str,
+    base: Path,
+    splits: dict,
+    write_split: Callable[[Path, str, Any], None],
+    load_json: Callable[[str, str, str], list[dict]],
+    evaluator_type: str,
+    image_subdir: str = "",
+) -> None:
+    """Register ``<prefix>_<split>`` for every split of a synthetic dataset under ``base`` (names
+    already registered are skipped). Loading one generates it if absent (:func:`ensure_split`) and
+    reads it with ``load_json(json_file, image_root, dataset_name)``."""
+    for split in splits:
+        name = f"{prefix}_{split}"
+        if name in DatasetCatalog.list():
+            continue
+
+        def load(split: str = split, name: str = name) -> list[dict]:
+            json_file, image_root = ensure_split(prefix, base, split, splits, write_split, image_subdir)
+            return load_json(str(json_file), str(image_root), name)
+
+        DatasetCatalog.register(name, load)
+        MetadataCatalog.get(name).set(
+            json_file=str(base / f"{split}.json"),
+            image_root=str(base / split / image_subdir),
+            evaluator_type=evaluator_type,
+            **shape_class_metadata(),
+        )
+
+
 def ensure_generated(split: str, base: Path | None = None) -> tuple[Path, Path]:
     """Generate ``split`` under ``base`` (default: :func:`dataset_dir`) if absent; return
     (json file, image root)."""
-    base = base or dataset_dir()
-    json_file = generate_once(base, split, lambda out: write_split(out, split, SPLITS[split]))
-    return json_file, base / split
-
-
-def _load(split: str, name: str, base: Path) -> list[dict]:
-    json_file, image_root = ensure_generated(split, base)
-    return load_coco_json(str(json_file), str(image_root), name)
+    return ensure_split("synthetic_shapes", base or dataset_dir(), split, SPLITS, write_split)
 
 
 def register_synthetic_shapes(root: Path | None = None) -> None:
     """Register ``synthetic_shapes_{train,val,tiny}`` under ``root`` (default
     ``$DETECTRON2_DATASETS``); the files are generated when a dataset is first loaded."""
-    base = dataset_dir(root)
-    for split in SPLITS:
-        name = f"synthetic_shapes_{split}"
-        if name in DatasetCatalog.list():
-            continue
-        DatasetCatalog.register(name, lambda split=split, name=name: _load(split, name, base))
-        MetadataCatalog.get(name).set(
-            json_file=str(base / f"{split}.json"),
-            image_root=str(base / split),
-            evaluator_type="coco",
-            **shape_class_metadata(),
-        )
+    register_generated_splits(
+        "synthetic_shapes", dataset_dir(root), SPLITS, write_split, load_coco_json, "coco"
+    )

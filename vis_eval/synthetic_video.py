@@ -23,12 +23,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .shapes import CLASS_NAMES, Shape, mask_bbox, paint, random_shape, render_background
-from .synthetic import datasets_root, generate_once, shape_class_metadata
+from .shapes import Shape, mask_bbox, paint, random_shape, render_background
+from .synthetic import datasets_root, ensure_split, register_generated_splits, shape_categories
+from .ytvis import load_ytvis_json
 
 VERSION = "v1"
+_IMAGE_SUBDIR = "JPEGImages"  # frames under <split>/JPEGImages/<video>/, as in YouTube-VIS
 
 
 @dataclass(frozen=True)
@@ -175,11 +176,11 @@ def write_split(out_dir: Path, split: str, spec: VideoSplitSpec, scene: VideoSce
     for index in range(spec.num_videos):
         frames, tracks, visible = render_video(spec.seed, index, scene)
         folder = f"video_{index:05d}"
-        (out_dir / split / "JPEGImages" / folder).mkdir(parents=True, exist_ok=True)
+        (out_dir / split / _IMAGE_SUBDIR / folder).mkdir(parents=True, exist_ok=True)
         # Frame numbers step by 5 as in YouTube-VIS (every 5th raw frame is annotated).
         file_names = [f"{folder}/{5 * t:05d}.jpg" for t in range(len(frames))]
         for name, frame in zip(file_names, frames):
-            path = out_dir / split / "JPEGImages" / name
+            path = out_dir / split / _IMAGE_SUBDIR / name
             cv2.imwrite(str(path), frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, scene.jpeg_quality])
         video_id = index + 1
         videos.append(
@@ -211,41 +212,20 @@ def write_split(out_dir: Path, split: str, spec: VideoSplitSpec, scene: VideoSce
                     "length": len(frames),
                 }
             )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)]
     data = {"info": {"description": f"synthetic_vis {split}"}, "licenses": []}
-    data.update(videos=videos, annotations=annotations, categories=categories)
+    data.update(videos=videos, annotations=annotations, categories=shape_categories())
     (out_dir / f"{split}.json").write_text(json.dumps(data))
 
 
 def ensure_generated(split: str, base: Path | None = None) -> tuple[Path, Path]:
     """Generate ``split`` under ``base`` (default :func:`dataset_dir`) if absent; return
     (json file, image root)."""
-    if split not in SPLITS:
-        raise KeyError(f"unknown synthetic_vis split {split!r}; known: {sorted(SPLITS)}")
-    base = base or dataset_dir()
-    json_file = generate_once(base, split, lambda out: write_split(out, split, SPLITS[split]))
-    return json_file, base / split / "JPEGImages"
-
-
-def _load(split: str, name: str, base: Path) -> list[dict]:
-    from .ytvis import load_ytvis_json
-
-    json_file, image_root = ensure_generated(split, base)
-    return load_ytvis_json(str(json_file), str(image_root), name)
+    return ensure_split("synthetic_vis", base or dataset_dir(), split, SPLITS, write_split, _IMAGE_SUBDIR)
 
 
 def register_synthetic_vis(root: Path | None = None) -> None:
     """Register ``synthetic_vis_{train,val,tiny}`` under ``root`` (default ``$DETECTRON2_DATASETS``);
     the files are generated when a dataset is first loaded. Names already registered are skipped."""
-    base = dataset_dir(root)
-    for split in SPLITS:
-        name = f"synthetic_vis_{split}"
-        if name in DatasetCatalog.list():
-            continue
-        DatasetCatalog.register(name, lambda split=split, name=name: _load(split, name, base))
-        MetadataCatalog.get(name).set(
-            json_file=str(base / f"{split}.json"),
-            image_root=str(base / split / "JPEGImages"),
-            evaluator_type="ytvis",
-            **shape_class_metadata(),
-        )
+    register_generated_splits(
+        "synthetic_vis", dataset_dir(root), SPLITS, write_split, load_ytvis_json, "ytvis", _IMAGE_SUBDIR
+    )

@@ -128,7 +128,8 @@ class MaskIoUTracker(Associator):
         return 0 if self._tracks is None else len(self._tracks)
 
     def _similarity(self, det: Instances, tracks: Instances) -> torch.Tensor:
-        """(N, M) IoU between detections and live tracks, -1 where they may not match."""
+        """(N, M) IoU between detections and live tracks (both with bool masks, if any), -1 where
+        they may not match."""
         if det.has("pred_masks") != tracks.has("pred_masks"):
             raise ValueError("detections must consistently have (or not have) pred_masks within a video")
         if det.image_size != tracks.image_size:
@@ -137,7 +138,7 @@ class MaskIoUTracker(Associator):
                 "call reset() between videos"
             )
         if det.has("pred_masks"):
-            iou = mask_iou(binary_masks(det.pred_masks), tracks.pred_masks)
+            iou = mask_iou(det.pred_masks, tracks.pred_masks)
         else:
             iou = pairwise_iou(det.pred_boxes, tracks.pred_boxes)
         if self.match_class:
@@ -153,10 +154,14 @@ class MaskIoUTracker(Associator):
         device = det.scores.device
         tracks = None if self._tracks is None else self._tracks.to(device)
         n, m = len(det), self.num_tracks
+        # The kept detections as track state (masks thresholded once, for matching and for memory).
+        state = Instances(det.image_size, pred_classes=det.pred_classes, pred_boxes=det.pred_boxes)
+        if det.has("pred_masks"):
+            state.pred_masks = binary_masks(det.pred_masks)
 
         det_to_track = torch.full((n,), -1, dtype=torch.int64, device=device)
         if n > 0 and m > 0:
-            sim = self._similarity(det, tracks).cpu().numpy()
+            sim = self._similarity(state, tracks).cpu().numpy()
             rows, cols = linear_sum_assignment(np.clip(sim, 0, None), maximize=True)
             # IoU 0 never matches, even with iou_threshold = 0.
             ok = (sim[rows, cols] >= self.iou_threshold) & (sim[rows, cols] > 0)
@@ -172,11 +177,7 @@ class MaskIoUTracker(Associator):
         det.pred_ids = ids
 
         # New state: unmatched tracks that are young enough, plus every kept detection (age 0).
-        state = Instances(
-            det.image_size, pred_ids=ids, pred_classes=det.pred_classes, pred_boxes=det.pred_boxes
-        )
-        if det.has("pred_masks"):
-            state.pred_masks = binary_masks(det.pred_masks)
+        state.pred_ids = ids
         state.age = torch.zeros(n, dtype=torch.int64, device=device)
         if m > 0:
             unmatched = torch.ones(m, dtype=torch.bool, device=device)

@@ -133,18 +133,15 @@ class SipMaskHead(nn.Module):
         self.num_basis = num_basis
         self.reg_activation = reg_activation
         conv_bias = tower_conv_bias or not norm
-        self.cls_convs = nn.ModuleList(
-            [
-                ConvModule(channels, channels, 3, padding=1, norm=norm, bias=conv_bias)
-                for _ in range(num_convs - 1)
-            ]
-        )
-        self.reg_convs = nn.ModuleList(
-            [
-                ConvModule(channels, channels, 3, padding=1, norm=norm, bias=conv_bias)
-                for _ in range(num_convs)
-            ]
-        )
+
+        def tower(n: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                [ConvModule(channels, channels, 3, padding=1, norm=norm, bias=conv_bias) for _ in range(n)]
+            )
+
+        # the cls tower's last conv is the feature alignment
+        self.cls_convs = tower(num_convs - 1)
+        self.reg_convs = tower(num_convs)
         self.fcos_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
         self.fcos_reg = nn.Conv2d(channels, 4, 3, padding=1)
         self.fcos_centerness = nn.Conv2d(channels, 1, 3, padding=1)

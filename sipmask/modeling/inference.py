@@ -14,16 +14,14 @@ __all__ = [
     "fast_nms",
     "multiclass_nms",
     "pairwise_iou_batched",
+    "plus_one_boxes",
     "pre_nms_topk_locations",
 ]
 
 
 def decode_boxes(locations: Tensor, distances: Tensor) -> Tensor:
     """(L, 2) ``(x, y)`` and (L, 4) pixel ``(l, t, r, b)`` -> (L, 4) ``(x - l, y - t, x + r, y + b)``."""
-    x, y = locations[:, 0], locations[:, 1]
-    return torch.stack(
-        [x - distances[:, 0], y - distances[:, 1], x + distances[:, 2], y + distances[:, 3]], dim=1
-    )
+    return torch.cat([locations - distances[:, :2], locations + distances[:, 2:]], dim=1)
 
 
 def pre_nms_topk_locations(cls_probs: Tensor, ctr_probs: Tensor, k: int) -> Tensor:
@@ -35,8 +33,9 @@ def pre_nms_topk_locations(cls_probs: Tensor, ctr_probs: Tensor, k: int) -> Tens
     return (cls_probs * ctr_probs[:, None]).amax(dim=1).topk(k).indices
 
 
-def _plus_one(boxes: Tensor, plus_one: bool) -> Tensor:
-    """Boxes whose continuous IoU equals the "+1" IoU of ``boxes`` when ``plus_one``."""
+def plus_one_boxes(boxes: Tensor, plus_one: bool = True) -> Tensor:
+    """Inclusive ``(x1, y1, x2, y2)`` -> continuous ``(x1, y1, x2 + 1, y2 + 1)`` when ``plus_one``:
+    the continuous IoU / area of the result is the "+1" IoU / area of ``boxes``."""
     if not plus_one:
         return boxes
     return boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
@@ -61,7 +60,7 @@ def multiclass_nms(
     """
     rows, classes = torch.nonzero(cls_probs > score_thresh, as_tuple=True)
     scores = cls_probs[rows, classes] * ctr_probs[rows]
-    keep = batched_nms(_plus_one(boxes[rows], plus_one), scores, classes, nms_thresh)[:max_dets]
+    keep = batched_nms(plus_one_boxes(boxes[rows], plus_one), scores, classes, nms_thresh)[:max_dets]
     return rows[keep], classes[keep], scores[keep]
 
 
@@ -140,5 +139,5 @@ def benchmark_select(
         offset += boxes.shape[0]
     rows, classes, scores = torch.cat(rows_all), torch.cat(cls_all), torch.cat(scores_all)
     boxes = torch.cat(level_boxes)[rows]
-    keep = batched_nms(_plus_one(boxes, plus_one), scores, classes, nms_thresh)[:max_dets]
+    keep = batched_nms(plus_one_boxes(boxes, plus_one), scores, classes, nms_thresh)[:max_dets]
     return rows[keep], classes[keep], scores[keep]

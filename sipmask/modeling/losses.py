@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from detectron2.structures import Boxes
+from detectron2.structures.boxes import matched_pairwise_iou
 from torch import Tensor
 from torchvision.ops import nms
 
 from centermask.modeling.fcos.losses import iou_loss
 
 from .crop_split import crop_split, crop_split_gt
+from .inference import plus_one_boxes
 
 __all__ = [
     "box_iou_pairwise",
@@ -49,14 +52,7 @@ def giou_loss_benchmark(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
 
 def box_iou_pairwise(a: Tensor, b: Tensor, plus_one: bool = True) -> Tensor:
     """Element-wise IoU of (N, 4) boxes ``a[i]`` and ``b[i]``; "+1" widths when ``plus_one``."""
-    e = 1.0 if plus_one else 0.0
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    wh = (rb - lt + e).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area_a = (a[:, 2] - a[:, 0] + e) * (a[:, 3] - a[:, 1] + e)
-    area_b = (b[:, 2] - b[:, 0] + e) * (b[:, 3] - b[:, 1] + e)
-    return inter / (area_a + area_b - inter)
+    return matched_pairwise_iou(Boxes(plus_one_boxes(a, plus_one)), Boxes(plus_one_boxes(b, plus_one)))
 
 
 def mask_alignment_loss(
@@ -96,14 +92,15 @@ def mask_alignment_loss(
         omega = weights / (weights.sum() + 1e-4) * keep.numel()
     elif variant == "benchmark":
         omega = weights / weights.sum() * keep.numel()
-        e = 1.0 if plus_one else 0.0
-        sub = nms(boxes + torch.tensor([0, 0, e, e], device=boxes.device), cls_probs[keep].float(), 0.9)
+        sub = nms(plus_one_boxes(boxes, plus_one), cls_probs[keep].float(), 0.9)
         keep, boxes, omega = keep[sub], boxes[sub], omega[sub]
     else:
         raise ValueError(f"MASK_LOSS_VARIANT must be 'mmdet' or 'benchmark', got {variant!r}")
-    masks = crop_split(basis, coeffs[keep], boxes)
-    target = crop_split_gt(gt_masks[keep], boxes)
-    bce = F.binary_cross_entropy(masks, target, reduction="none").sum(dim=(1, 2))
+    # float32, outside autocast: binary_cross_entropy refuses to run under CUDA autocast
+    with torch.autocast(device_type=basis.device.type, enabled=False):
+        masks = crop_split(basis.float(), coeffs[keep].float(), boxes)
+        target = crop_split_gt(gt_masks[keep].float(), boxes)
+        bce = F.binary_cross_entropy(masks, target, reduction="none").sum(dim=(1, 2))
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     loss = (omega * bce / area).sum() / keep.numel()
     return loss, masks, keep

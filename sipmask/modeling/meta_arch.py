@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -30,6 +31,7 @@ from .inference import (
     decode_boxes,
     fast_nms,
     multiclass_nms,
+    plus_one_boxes,
     pre_nms_topk_locations,
 )
 from .losses import (
@@ -294,40 +296,39 @@ class SipMask(DenseDetector):
         pos = labels_t < self.num_classes
         num_pos = int(pos.sum())
 
+        # every rank takes part in the same all-reduces, whatever its number of positives
+        num_pos_avg = max(_all_reduce_mean(float(num_pos), cls.device), 1.0)
+
         # classification
-        onehot = F.one_hot(labels_t, self.num_classes + 1)[..., : self.num_classes].to(cls.dtype)
+        onehot = F.one_hot(labels_t, self.num_classes + 1)[..., : self.num_classes].float()
         cls = cls.float()
         loss_cls = sigmoid_focal_loss(
-            cls, onehot.float(), alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+            cls, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
         )
-        world = comm.get_world_size()
         if self.cls_norm == "pos_plus_imgs":
             loss_cls = loss_cls / (num_pos + num_imgs)
         else:
-            num_pos_avg = max(_all_reduce_sum(float(num_pos), cls.device) / world, 1.0)
             loss_cls = loss_cls / num_pos_avg
 
         # box regression and centerness, over positives
-        pos_strides = strides[None].expand_as(labels_t)[pos]
         pos_reg = reg[pos]
-        pos_tgt = reg_t[pos]
+        ctr_t = centerness_targets(reg_t[pos])
+        pos_tgt = (reg_t / strides[:, None])[pos]  # stride units
         pos_ctr = ctr[pos].float()
-        ctr_t = centerness_targets(pos_tgt) if num_pos else pos_tgt.new_zeros(0)
         if self.box_loss == "iou_plus1_stride_units":
-            loss_bbox = iou_loss_plus1(pos_reg, pos_tgt / pos_strides[:, None], ctr_t)
+            loss_bbox = iou_loss_plus1(pos_reg, pos_tgt, ctr_t)
         else:
-            denom = max(_all_reduce_sum(float(ctr_t.sum()), cls.device) / world, 1e-6)
-            loss_bbox = giou_loss_benchmark(pos_reg, pos_tgt / pos_strides[:, None], ctr_t) / denom
+            denom = max(_all_reduce_mean(float(ctr_t.sum()), cls.device), 1e-6)
+            loss_bbox = giou_loss_benchmark(pos_reg, pos_tgt, ctr_t) / denom
         if num_pos == 0:
             loss_ctr = pos_ctr.sum() * 0
         elif self.ctr_loss_reduction == "mean":
             loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr, ctr_t, reduction="mean")
         else:
-            num_pos_avg = max(_all_reduce_sum(float(num_pos), cls.device) / world, 1.0)
             loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr, ctr_t, reduction="sum") / num_pos_avg
 
-        # masks
-        loss_mask = basis.sum() * 0
+        # masks; the zero keeps the mask branch in the graph when no image has a positive (DDP)
+        loss_mask = (basis.sum() + coef.sum()) * 0
         iou_preds, iou_tgts, iou_ws = [], [], []
         for i in range(num_imgs):
             p = torch.nonzero(pos[i]).squeeze(1)
@@ -338,8 +339,8 @@ class SipMask(DenseDetector):
             gt_idx = matched[i][p]
             cls_probs = torch.sigmoid(cls[i, p, labels_t[i, p]]).detach()
             loss_i, kept_masks, keep = mask_alignment_loss(
-                basis[i].float(),
-                coef[i, p].float(),
+                basis[i],
+                coef[i, p],
                 pred_boxes,
                 gt_boxes[i][gt_idx] / 2,
                 gt_grid[i][gt_idx],
@@ -370,7 +371,10 @@ class SipMask(DenseDetector):
                     torch.cat(iou_preds), torch.cat(iou_tgts), torch.cat(iou_ws)
                 )
             else:  # keep the re-scoring parameters in the graph (DDP)
-                losses["loss_iou"] = sum(p.sum() for p in self.head.mask_scoring.parameters()) * 0
+                params = itertools.chain(
+                    self.head.convs_scoring.parameters(), self.head.mask_scoring.parameters()
+                )
+                losses["loss_iou"] = sum(p.sum() for p in params) * 0
         return losses
 
     # ------------------------------------------------------------------ inference
@@ -415,25 +419,10 @@ class SipMask(DenseDetector):
             input_hw: the network input size (unpadded); output_hw: the size to return results at.
         """
         h, w = input_hw
-        e = 1.0 if self.box_plus_one else 0.0
-        max_xy = torch.tensor([w - e, h - e, w - e, h - e], device=cls_probs.device)
-        level_rows = []
-        offset = 0
-        for n in counts:
-            sl = slice(offset, offset + n)
-            if self.inference_mode == "benchmark":
-                level_rows.append(torch.arange(offset, offset + n, device=cls_probs.device))
-            else:
-                level_rows.append(
-                    pre_nms_topk_locations(cls_probs[sl], ctr_probs[sl], self.pre_nms_topk) + offset
-                )
-            offset += n
         if self.inference_mode == "benchmark":
-            boxes = decode_boxes(locations, distances)
-            boxes = torch.minimum(boxes.clamp(min=0), max_xy)
-            lvl_boxes = list(boxes.split(counts))
+            boxes = self._clipped_boxes(locations, distances, input_hw)
             rows, classes, scores = benchmark_select(
-                lvl_boxes,
+                list(boxes.split(counts)),
                 list(cls_probs.split(counts)),
                 list(ctr_probs.split(counts)),
                 self.score_thresh,
@@ -444,9 +433,14 @@ class SipMask(DenseDetector):
             )
             boxes = boxes[rows]
         else:
-            cand = torch.cat(level_rows)
-            boxes = decode_boxes(locations[cand], distances[cand])
-            boxes = torch.minimum(boxes.clamp(min=0), max_xy)
+            starts = itertools.accumulate([0, *counts[:-1]])
+            cand = torch.cat(
+                [
+                    pre_nms_topk_locations(c, t, self.pre_nms_topk) + start
+                    for c, t, start in zip(cls_probs.split(counts), ctr_probs.split(counts), starts)
+                ]
+            )
+            boxes = self._clipped_boxes(locations[cand], distances[cand], input_hw)
             if self.inference_mode == "mmdet_nms":
                 r, classes, scores = multiclass_nms(
                     boxes,
@@ -477,13 +471,19 @@ class SipMask(DenseDetector):
             ious = self.head.rescore(soft)
             result.mask_scores = ious[torch.arange(rows.numel(), device=ious.device), classes] * scores
         result.pred_masks = self._paste_masks(soft, (sy, sx), output_hw)
-        out_boxes = boxes / boxes.new_tensor([sx, sy, sx, sy])
-        if self.box_plus_one:  # inclusive x2 -> Detectron2's continuous x2 (COCO w = x2 - x1 + 1)
-            out_boxes = out_boxes + out_boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+        # inclusive x2 -> Detectron2's continuous x2 (COCO w = x2 - x1 + 1)
+        out_boxes = plus_one_boxes(boxes / boxes.new_tensor([sx, sy, sx, sy]), self.box_plus_one)
         result.pred_boxes = Boxes(out_boxes)
         result.scores = scores
         result.pred_classes = classes
         return result
+
+    def _clipped_boxes(self, locations: Tensor, distances: Tensor, input_hw: tuple[int, int]) -> Tensor:
+        """Decoded boxes clipped to the input (x2 <= w - 1, y2 <= h - 1 with BOX_PLUS_ONE)."""
+        h, w = input_hw
+        e = 1.0 if self.box_plus_one else 0.0
+        max_xy = torch.tensor([w - e, h - e, w - e, h - e], device=locations.device)
+        return decode_boxes(locations, distances).clamp(min=0).minimum(max_xy)
 
     def _paste_masks(self, soft: Tensor, scale: tuple[float, float], output_hw: tuple[int, int]) -> Tensor:
         """Upsample cropped soft masks by ``2 / scale`` (explicit floor size, bilinear), threshold and
@@ -501,9 +501,11 @@ class SipMask(DenseDetector):
         return out
 
 
-def _all_reduce_sum(value: float, device: torch.device) -> float:
-    if comm.get_world_size() == 1:
+def _all_reduce_mean(value: float, device: torch.device) -> float:
+    """Mean of ``value`` over all processes."""
+    world = comm.get_world_size()
+    if world == 1:
         return value
     t = torch.tensor(value, device=device)
     dist.all_reduce(t)
-    return float(t)
+    return float(t) / world

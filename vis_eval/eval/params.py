@@ -17,6 +17,7 @@ __all__ = [
     "STAT_TABLE",
     "load_gt",
     "load_results",
+    "prepare_inputs",
     "segm_to_rle",
     "summarize",
     "format_summary",
@@ -191,6 +192,25 @@ def load_results(results: list | str | os.PathLike) -> list[dict]:
         if not isinstance(r["segmentations"], list):
             raise ValueError(f"result #{i}: 'segmentations' must be a list (one entry per frame)")
     return results
+
+
+def prepare_inputs(
+    gt: dict | str | os.PathLike, results: list | str | os.PathLike, params: EvalParams | None
+) -> tuple[EvalParams, dict, list[dict], dict[int, dict], list[int], list[int]]:
+    """Set-up shared by the evaluators: ``(params, gt, results, videos by id, vid_ids, cat_ids)``.
+
+    ``vid_ids``/``cat_ids``: the sorted evaluated ids; a result of a video not in the GT is an error.
+    """
+    p = params or EvalParams()
+    gt = load_gt(gt)
+    results = load_results(results)
+    videos = {v["id"]: v for v in gt["videos"]}
+    for i, r in enumerate(results):
+        if r["video_id"] not in videos:
+            raise ValueError(f"result #{i}: video_id {r['video_id']} is not in the ground truth")
+    vid_ids = sorted(set(p.vid_ids if p.vid_ids is not None else videos))
+    cat_ids = sorted(set(p.cat_ids if p.cat_ids is not None else [c["id"] for c in gt["categories"]]))
+    return p, gt, results, videos, vid_ids, cat_ids
 
 
 def segm_to_rle(segm: Any, height: int, width: int) -> dict:

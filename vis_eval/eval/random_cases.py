@@ -18,12 +18,13 @@ def _rect_rle(h: int, w: int, box: tuple[int, int, int, int]) -> dict:
 
 
 def _uncompressed(rle: dict) -> dict:
+    """The same mask as an uncompressed RLE (``counts`` a list of run lengths, 0-run first)."""
     m = mask_util.decode(rle).ravel(order="F")
-    change = np.flatnonzero(np.diff(np.r_[0, m, 1 - m[-1] if m.size else 0]))
-    counts = np.diff(np.r_[0, change]).tolist()
-    if m.size and m[0] == 1:
+    change = np.flatnonzero(np.diff(m)) + 1  # starts of the runs after the first
+    counts = np.diff(np.r_[0, change, m.size]).tolist()
+    if m[0]:  # the mask starts with 1s: an empty 0-run first
         counts = [0] + counts
-    return {"size": list(rle["size"]), "counts": counts[: len(counts)]}
+    return {"size": list(rle["size"]), "counts": counts}
 
 
 def random_gt_and_results(

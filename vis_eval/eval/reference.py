@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pycocotools.mask as mask_util
 
-from .params import EvalParams, EvalResult, load_gt, load_results, segm_to_rle, summarize
+from .params import EvalParams, EvalResult, prepare_inputs, segm_to_rle, summarize
 
 __all__ = ["reference_evaluate"]
 
@@ -53,12 +53,7 @@ def reference_evaluate(
     params: EvalParams | None = None,
 ) -> EvalResult:
     """Evaluate ``results`` against ``gt`` with plain Python loops (same output as ``evaluate``)."""
-    p = params or EvalParams()
-    gt = load_gt(gt)
-    results = load_results(results)
-    videos = {v["id"]: v for v in gt["videos"]}
-    vid_ids = sorted(set(p.vid_ids if p.vid_ids is not None else videos))
-    cat_ids = sorted(set(p.cat_ids if p.cat_ids is not None else [c["id"] for c in gt["categories"]]))
+    p, gt, results, videos, vid_ids, cat_ids = prepare_inputs(gt, results, params)
     vid_set, cat_set = set(vid_ids), set(cat_ids)
 
     # --- load GT and results (spec §4.1, §4.2)
@@ -84,8 +79,6 @@ def reference_evaluate(
 
     dts: dict[tuple[int, int], list[dict]] = {}
     for k, r in enumerate(results):
-        if r["video_id"] not in videos:
-            raise ValueError(f"result #{k}: video_id {r['video_id']} is not in the ground truth")
         if r["video_id"] not in vid_set or r["category_id"] not in cat_set:
             continue
         v = videos[r["video_id"]]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["decode_counts", "ones_intervals", "segmented_cumsum"]
+__all__ = ["decode_counts", "segmented_cumsum"]
 
 
 def segmented_cumsum(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
@@ -70,17 +70,3 @@ def decode_counts(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarra
     if counts.size and counts.min() < 0:
         raise ValueError("negative run length in a compressed RLE counts string")
     return counts, offsets
-
-
-def ones_intervals(counts: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Foreground runs as ``(owner, start, end)`` in flattened (column-major) pixel indices.
-
-    Empty runs are dropped; intervals are sorted by owner, then position.
-    """
-    n = len(offsets) - 1
-    per = np.diff(offsets)
-    owner = np.repeat(np.arange(n), per)
-    k = np.arange(counts.size) - offsets[owner]
-    ends = segmented_cumsum(counts, owner)
-    sel = np.flatnonzero((k % 2 == 1) & (counts > 0))
-    return owner[sel], ends[sel] - counts[sel], ends[sel]

@@ -35,7 +35,7 @@ from collections import defaultdict
 import numpy as np
 import pycocotools.mask as mask_util
 
-from .params import EvalParams, EvalResult, load_gt, load_results, segm_to_rle, summarize
+from .params import EvalParams, EvalResult, prepare_inputs, segm_to_rle, summarize
 
 __all__ = ["evaluate"]
 
@@ -50,15 +50,15 @@ class _Entries:
 
     ``owner``/``t``: track index and frame index per entry; ``rles``: compressed RLEs; ``area``: their
     pycocotools areas; ``regular``: whether the mask has its video's size; ``start``: per track, the
-    index of its first entry (length n_tracks + 1).
+    index of its first entry (length n_tracks + 1); ``length``: per track, its number of frames.
     """
 
     def __init__(self, segms: list[list], sizes: list[tuple[int, int]]) -> None:
-        lengths = np.fromiter(map(len, segms), np.int64, len(segms))
+        self.length = np.fromiter(map(len, segms), np.int64, len(segms))
         flat = list(itertools.chain.from_iterable(segms))
         truthy = list(map(bool, flat))
         pos = np.flatnonzero(np.fromiter(truthy, bool, len(truthy)))
-        seq_start = np.r_[0, np.cumsum(lengths)]
+        seq_start = np.r_[0, np.cumsum(self.length)]
         self.owner = np.searchsorted(seq_start, pos, side="right") - 1
         self.t = pos - seq_start[self.owner]
         rles = list(itertools.compress(flat, truthy))
@@ -136,18 +136,27 @@ def _encode_fixed(values: np.ndarray) -> np.ndarray:
 
 
 def _shifted_rles(
-    counts: list, head_len: np.ndarray, first: np.ndarray, sizes: list, as_str: bool
+    counts: list,
+    head_len: np.ndarray,
+    first_run: np.ndarray,
+    group: np.ndarray,
+    shift: np.ndarray,
+    canvas: list,
+    as_str: bool,
 ) -> list[dict]:
-    """RLE dicts of ``counts`` strings whose first run length is replaced by ``first``.
+    """RLE dicts of ``counts`` strings moved onto their group's canvas: ``size`` becomes
+    ``canvas[group]`` and the first run length (``first_run``, written in ``head_len`` characters)
+    grows by ``shift[group]`` pixels.
 
     Only the first run changes: later runs are coded relative to the runs two places earlier,
     and the first run is never such a base. ``as_str``: all ``counts`` are ``str`` (else bytes).
     """
-    pref = _encode_fixed(first)
+    pref = _encode_fixed(first_run + shift[group])
     if as_str:
         pref = pref.astype(f"U{_HEAD}")
     else:
         counts = [c.encode("ascii") if type(c) is str else c for c in counts]
+    sizes = map(canvas.__getitem__, group.tolist())
     return [
         {"size": s, "counts": p + c[k:]}
         for s, p, c, k in zip(sizes, pref.tolist(), counts, head_len.tolist())
@@ -205,20 +214,11 @@ def _batched_intersections(
     ]
     d_q = np.repeat(np.arange(n_q), d_cnt)
     g_q = np.repeat(np.arange(n_q), g_cnt)
-    d_rles = _shifted_rles(
-        d_counts,
-        d_head,
-        d_first_run + slot[d_q] * hw[d_q],
-        list(map(sizes.__getitem__, call[d_q].tolist())),
-        d.str_counts and g.str_counts,
-    )
-    g_rles = _shifted_rles(
-        g_counts,
-        g_head,
-        g_first_run + slot[g_q] * hw[g_q],
-        list(map(sizes.__getitem__, call[g_q].tolist())),
-        d.str_counts and g.str_counts,
-    )
+    shift = slot * hw  # offset of each group's slot on its canvas, in pixels
+    canvas = list(map(sizes.__getitem__, call.tolist()))  # canvas size of each group
+    as_str = d.str_counts and g.str_counts
+    d_rles = _shifted_rles(d_counts, d_head, d_first_run, d_q, shift, canvas, as_str)
+    g_rles = _shifted_rles(g_counts, g_head, g_first_run, g_q, shift, canvas, as_str)
     d_row0 = np.r_[d_first, d_sel.size][q_first]  # first row / column of each call
     g_col0 = np.r_[g_first, g_sel.size][q_first]
     n_cols = np.diff(g_col0)
@@ -247,8 +247,6 @@ def _bucket_ious(
     g: _Entries,
     buckets: list[tuple[list[int], list[int]]],
     bucket_video: np.ndarray,
-    d_len: np.ndarray,
-    g_len: np.ndarray,
 ) -> tuple[list[np.ndarray], int, int]:
     """Video IoU matrices (spec §4.4) of the (video, category) buckets holding results and GT.
 
@@ -280,6 +278,7 @@ def _bucket_ious(
         g_bkt[gi], g_col[gi] = b, np.arange(len(gi))
     n_t = int(max(d.t.max(initial=0), g.t.max(initial=0))) + 1
     de_b, ge_b = d_bkt[d.owner], g_bkt[g.owner]
+    d_video = bucket_video[np.maximum(de_b, 0)]  # video of each entry (any for unbucketed ones)
     d_key = np.where(de_b >= 0, de_b * n_t + d.t, -1)  # (bucket, frame) group per entry
     g_key = np.where(ge_b >= 0, ge_b * n_t + g.t, -2)
     d_reg_keys = d_key[d.regular & (d_key >= 0)]
@@ -327,13 +326,13 @@ def _bucket_ious(
             g_run,
             d_head,
             g_head,
-            bucket_video[np.maximum(de_b, 0)],
+            d_video,
         )
         add(de, ge, i_pair)
     d_sel = d_sel[np.isin(d_key[d_sel], slow_keys)]
     g_sel = g_sel[np.isin(g_key[g_sel], slow_keys)]
     # per-frame path: one iou call per (video, frame) over the masks of the buckets on both sides
-    d_vkey = bucket_video[np.maximum(de_b, 0)] * n_t + d.t
+    d_vkey = d_video * n_t + d.t
     g_vkey = bucket_video[np.maximum(ge_b, 0)] * n_t + g.t
     d_sel = d_sel[np.argsort(d_vkey[d_sel], kind="stable")]
     g_sel = g_sel[np.argsort(g_vkey[g_sel], kind="stable")]
@@ -390,7 +389,7 @@ def _bucket_ious(
     p_g = np.concatenate([np.asarray(gi, np.int64) for _, gi in buckets])[
         np.repeat(np.r_[0, np.cumsum(ng_b)][:-1], nd_b * ng_b) + local % ng_b[pb]
     ]
-    lmin = np.minimum(d_len[p_d], g_len[p_g])
+    lmin = np.minimum(d.length[p_d], g.length[p_g])
     union = d.prefix_area(p_d, lmin) + g.prefix_area(p_g, lmin) - inter - mismatch
     pos = union > 0
     ious = np.zeros(n_pairs)
@@ -465,12 +464,7 @@ def evaluate(
         results: list of ``{"video_id", "category_id", "score", "segmentations"}`` or a JSON/zip path.
         params: evaluation parameters (defaults: spec §4.3).
     """
-    p = params or EvalParams()
-    gt = load_gt(gt)
-    results = load_results(results)
-    videos = {v["id"]: v for v in gt["videos"]}
-    vid_ids = sorted(set(p.vid_ids if p.vid_ids is not None else videos))
-    cat_ids = sorted(set(p.cat_ids if p.cat_ids is not None else [c["id"] for c in gt["categories"]]))
+    p, gt, results, videos, vid_ids, cat_ids = prepare_inputs(gt, results, params)
     vorder = {v: i for i, v in enumerate(vid_ids)}
     corder = {c: k for k, c in enumerate(cat_ids)}
     n_thr, n_rec, n_cat = len(p.iou_thrs), len(p.rec_thrs), len(cat_ids)
@@ -487,14 +481,11 @@ def evaluate(
             g_v.append(v)
             g_k.append(k)
     g_vid, g_cat = np.array(g_v, np.int64), np.array(g_k, np.int64)
-    g_len = np.array([len(a["segmentations"]) for a in g_anns], np.int64)
     g_crowd = np.array([bool(a.get("iscrowd", 0)) for a in g_anns], bool)
 
     # --- results: keep the max_det best per (video, category) in stable score order
     sel_v, sel_k, sel_s, sel_i = [], [], [], []
     for i, r in enumerate(results):
-        if r["video_id"] not in videos:
-            raise ValueError(f"result #{i}: video_id {r['video_id']} is not in the ground truth")
         v, k = vorder.get(r["video_id"]), corder.get(r["category_id"])
         if v is not None and k is not None:
             sel_v.append(v)
@@ -514,7 +505,6 @@ def evaluate(
     d_vid, d_cat, d_score, d_load = d_vid[keep], d_cat[keep], d_score[keep], d_load[keep]
     n_det, n_gt = len(d_vid), len(g_vid)
     d_segms = [results[i]["segmentations"] for i in d_load.tolist()]
-    d_len = np.array([len(s) for s in d_segms], np.int64)
 
     # --- (video, category) buckets and the flattened per-frame masks with their areas
     g_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -545,7 +535,7 @@ def evaluate(
     keys = sorted(k for k in d_bucket if k in g_bucket)
     bucket_lists = [(d_bucket[key], g_bucket[key]) for key in keys]
     bucket_video = np.array([v for v, _ in keys], np.int64)
-    blocks, n_mismatch, n_zero = _bucket_ious(d_ent, g_ent, bucket_lists, bucket_video, d_len, g_len)
+    blocks, n_mismatch, n_zero = _bucket_ious(d_ent, g_ent, bucket_lists, bucket_video)
     pairs = [(m, np.array(di), np.array(gi)) for m, (di, gi) in zip(blocks, bucket_lists)]
     bucket_ious = {(vid_ids[v], cat_ids[k]): m for (v, k), m in zip(keys, blocks)}
     if n_mismatch:
@@ -592,15 +582,15 @@ def evaluate(
     v_rows = np.repeat(v_thr, n_thr, axis=1)  # [K, A*T, R]
     npig_rows = np.repeat(npig, n_thr, axis=1)  # [K, A*T]
     has_gt = npig > 0
+    cats = np.flatnonzero(has_gt.any(axis=1)).tolist()
     for m, md in enumerate(p.max_dets):
         sel = acc_order[d_rank[acc_order] < md]  # grouped by category, in score order
         kc = d_cat[sel]
         nd_k = np.bincount(kc, minlength=n_cat)
         pos = np.arange(sel.size) - np.r_[0, np.cumsum(nd_k)][:-1][kc]
         # categories in chunks of bounded padded size [k, L, A*T]
-        cats = np.flatnonzero(has_gt.any(axis=1))
         chunks, cur = [], []
-        for k in cats.tolist():
+        for k in cats:
             if cur and (len(cur) + 1) * max(int(nd_k[cur + [k]].max()), 1) * n_at > (1 << 22):
                 chunks.append(cur)
                 cur = []
@@ -644,14 +634,7 @@ def evaluate(
             sc = np.zeros((nk, L))
             sc[lk, lp] = d_score[sel[use]]
             q = np.where(ok, np.take_along_axis(pr, inds_c, axis=2), 0.0).reshape(nk, n_area, n_thr, n_rec)
-            ss = np.where(
-                ok,
-                np.take_along_axis(sc[:, None, :], inds_c.reshape(nk, -1)[:, None, :], 2).reshape(
-                    inds_c.shape
-                ),
-                0.0,
-            )
-            ss = ss.reshape(nk, n_area, n_thr, n_rec)
+            ss = np.where(ok, np.take_along_axis(sc[:, None, :], inds_c, axis=2), 0.0).reshape(q.shape)
             g = has_gt[ks][:, :, None]  # [k, A, 1]
             rec_mkat[m, ks] = np.where(g, rc_last.reshape(nk, n_area, n_thr), -1.0)
             prec_mkatr[m, ks] = np.where(g[..., None], q, -1.0)

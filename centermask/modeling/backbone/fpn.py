@@ -42,13 +42,15 @@ class LastLevelP6(nn.Module):
         return [self.p6(x)]
 
 
-def build_fcos_top_block(cfg: CfgNode, out_channels: int) -> nn.Module | None:
-    """Extra levels from P5: ``MODEL.FCOS.TOP_LEVELS`` 2 -> P6, P7; 1 -> P6; 0 -> none."""
+def build_fcos_top_block(cfg: CfgNode) -> nn.Module | None:
+    """Extra levels from P5 (``MODEL.FPN.OUT_CHANNELS`` wide): ``MODEL.FCOS.TOP_LEVELS`` 2 -> P6, P7;
+    1 -> P6; 0 -> none."""
     top_levels = cfg.MODEL.FCOS.TOP_LEVELS
+    channels = cfg.MODEL.FPN.OUT_CHANNELS
     if top_levels == 2:
-        return LastLevelP6P7(out_channels, out_channels, in_feature="p5")
+        return LastLevelP6P7(channels, channels, in_feature="p5")
     if top_levels == 1:
-        return LastLevelP6(out_channels, out_channels, in_feature="p5")
+        return LastLevelP6(channels, channels, in_feature="p5")
     if top_levels == 0:
         return None
     raise ValueError(f"MODEL.FCOS.TOP_LEVELS must be 0, 1 or 2, got {top_levels}")
@@ -74,8 +76,7 @@ def build_vovnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
 @BACKBONE_REGISTRY.register()
 def build_fcos_vovnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
     """VoVNet + FPN + P6/P7 from P5 (all CenterMask VoVNet configs)."""
-    bottom_up = build_vovnet_backbone(cfg, input_shape)
-    return _fpn(cfg, bottom_up, build_fcos_top_block(cfg, cfg.MODEL.FPN.OUT_CHANNELS))
+    return _fpn(cfg, build_vovnet_backbone(cfg, input_shape), build_fcos_top_block(cfg))
 
 
 @BACKBONE_REGISTRY.register()
@@ -87,15 +88,11 @@ def build_mobilenetv2_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
 @BACKBONE_REGISTRY.register()
 def build_fcos_mobilenetv2_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
     """MobileNetV2 + FPN + P6/P7 from P5 (CenterMask-Lite-Mv2)."""
-    bottom_up = build_mnv2_backbone(cfg, input_shape)
-    return _fpn(cfg, bottom_up, build_fcos_top_block(cfg, cfg.MODEL.FPN.OUT_CHANNELS))
+    return _fpn(cfg, build_mnv2_backbone(cfg, input_shape), build_fcos_top_block(cfg))
 
 
 @BACKBONE_REGISTRY.register()
 def build_fcos_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
     """ResNet (or MobileNetV2 when ``MODEL.MOBILENET``) + FPN + P6/P7 from P5."""
-    if cfg.MODEL.MOBILENET:
-        bottom_up = build_mnv2_backbone(cfg, input_shape)
-    else:
-        bottom_up = build_resnet_backbone(cfg, input_shape)
-    return _fpn(cfg, bottom_up, build_fcos_top_block(cfg, cfg.MODEL.FPN.OUT_CHANNELS))
+    build_bottom_up = build_mnv2_backbone if cfg.MODEL.MOBILENET else build_resnet_backbone
+    return _fpn(cfg, build_bottom_up(cfg, input_shape), build_fcos_top_block(cfg))

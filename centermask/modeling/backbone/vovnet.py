@@ -148,7 +148,6 @@ class OSAModule(nn.Module):
     ):
         super().__init__()
         self.identity = identity
-        self.depthwise = depthwise
         self.conv_reduction = None
         ch = in_ch
         if depthwise and in_ch != stage_ch:
@@ -217,7 +216,7 @@ class VoVNet(Backbone):
         stem += unit("stem_3", stem_ch[1], stem_ch[2], norm, stride=2)
         self.stem = nn.Sequential(OrderedDict(stem))
 
-        self._out_feature_strides = {"stem": 4, "stage2": 4}
+        self._out_feature_strides = {"stem": 4}
         self._out_feature_channels = {"stem": stem_ch[2]}
         self.stage_names = []
         in_ch = stem_ch[2]
@@ -245,8 +244,7 @@ class VoVNet(Backbone):
             self.add_module(name, nn.Sequential(modules))
             self.stage_names.append(name)
             self._out_feature_channels[name] = in_ch
-            if s > 2:
-                self._out_feature_strides[name] = 2**s
+            self._out_feature_strides[name] = 2**s
 
         unknown = set(out_features) - set(self._out_feature_channels)
         if unknown:

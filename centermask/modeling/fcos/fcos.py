@@ -7,6 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
@@ -30,14 +31,9 @@ def _all_reduce_mean(x: Tensor) -> Tensor:
     return x
 
 
-def _flatten_levels(tensors: list[Tensor]) -> Tensor:
-    """Per-level (N, C, H, W) -> (N, sum H*W, C), levels concatenated, cells row-major."""
-    return torch.cat([t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1]) for t in tensors], dim=1)
-
-
-def _flatten_levels_per_level(tensors: list[Tensor]) -> list[Tensor]:
-    """Per-level (N, C, H, W) -> per-level (N, H*W, C), detached."""
-    return [t.detach().permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1]) for t in tensors]
+def _flatten_levels(tensors: list[Tensor]) -> list[Tensor]:
+    """Per-level (N, C, H, W) -> per-level (N, H*W, C), cells row-major."""
+    return [permute_to_N_HWA_K(t, t.shape[1]) for t in tensors]
 
 
 def fcos_detections_single_image(
@@ -189,17 +185,13 @@ class FCOS(nn.Module):
             losses = self.losses(locations, logits, regs, ctrs, gt_instances)
             proposals = None
             if self.yield_proposals:
-                with torch.no_grad():
-                    proposals = self.predict(locations, logits, regs, ctrs, images.image_sizes, train=True)
+                proposals = self.predict(locations, logits, regs, ctrs, images.image_sizes, train=True)
             return proposals, losses
         return self.predict(locations, logits, regs, ctrs, images.image_sizes, train=False), {}
 
     @torch.no_grad()
-    def targets(
-        self, locations: list[Tensor], gt_instances: list[Instances]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Labels (N, L) and stride-normalised regression targets (N, L, 4) of the batch, and the
-        per-location stride (L,)."""
+    def targets(self, locations: list[Tensor], gt_instances: list[Instances]) -> tuple[Tensor, Tensor]:
+        """Labels (N, L) and stride-normalised regression targets (N, L, 4) of the batch."""
         all_locations = torch.cat(locations)
         strides, size_ranges = per_location_stride_and_range(
             [len(loc) for loc in locations], self.strides, self.sizes_of_interest, all_locations.device
@@ -217,7 +209,7 @@ class FCOS(nn.Module):
             )
             labels.append(t.labels)
             reg_targets.append(t.reg_targets / strides[:, None])
-        return torch.stack(labels), torch.stack(reg_targets), strides
+        return torch.stack(labels), torch.stack(reg_targets)
 
     def losses(
         self,
@@ -227,10 +219,10 @@ class FCOS(nn.Module):
         ctrs: list[Tensor],
         gt_instances: list[Instances],
     ) -> dict[str, Tensor]:
-        labels, reg_targets, _ = self.targets(locations, gt_instances)
-        logits_flat = _flatten_levels(logits).reshape(-1, self.num_classes)
-        regs_flat = _flatten_levels(regs).reshape(-1, 4)
-        ctrs_flat = _flatten_levels(ctrs).reshape(-1)
+        labels, reg_targets = self.targets(locations, gt_instances)
+        logits_flat = torch.cat(_flatten_levels(logits), dim=1).reshape(-1, self.num_classes)
+        regs_flat = torch.cat(_flatten_levels(regs), dim=1).reshape(-1, 4)
+        ctrs_flat = torch.cat(_flatten_levels(ctrs), dim=1).reshape(-1)
         labels = labels.reshape(-1)
         reg_targets = reg_targets.reshape(-1, 4)
 
@@ -256,6 +248,7 @@ class FCOS(nn.Module):
         )
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}
 
+    @torch.no_grad()
     def predict(
         self,
         locations: list[Tensor],
@@ -267,9 +260,9 @@ class FCOS(nn.Module):
     ) -> list[Instances]:
         """Per-image detections (spec 4.5) with the train or test thresholds; always detached."""
         i = 0 if train else 1
-        logits_f = _flatten_levels_per_level(logits)
-        regs_f = _flatten_levels_per_level(regs)
-        ctrs_f = _flatten_levels_per_level(ctrs)
+        logits_f = _flatten_levels(logits)
+        regs_f = _flatten_levels(regs)
+        ctrs_f = _flatten_levels(ctrs)
         results = []
         for img, image_size in enumerate(image_sizes):
             results.append(

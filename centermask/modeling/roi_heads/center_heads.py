@@ -152,9 +152,7 @@ class CenterROIHeads(ROIHeads):
         if not self.mask_on:
             return instances
         pooled = self._pool(features, [inst.pred_boxes for inst in instances], instances)
-        logits = self.mask_head(pooled)
-        mask_inference(logits, instances)
+        masks = mask_inference(self.mask_head(pooled), instances)
         if self.maskiou_on:
-            masks = torch.cat([inst.pred_masks for inst in instances])
             maskiou_inference(self.maskiou_head(pooled, masks), instances)
         return instances

@@ -149,9 +149,14 @@ def mask_loss(pred_mask_logits: Tensor, instances: list[Instances]) -> tuple[Ten
     return loss, logits, targets
 
 
-def mask_inference(pred_mask_logits: Tensor, instances: list[Instances]) -> None:
-    """Set ``pred_masks`` (n, 1, S, S) = sigmoid of the predicted class's logits on each image."""
+def mask_inference(pred_mask_logits: Tensor, instances: list[Instances]) -> Tensor:
+    """Set ``pred_masks`` (n, 1, S, S) = sigmoid of the predicted class's logits on each image.
+
+    Returns:
+        (M, 1, S, S) the masks of all images, concatenated.
+    """
     classes = torch.cat([inst.pred_classes for inst in instances])
     probs = _select_class(pred_mask_logits, classes).sigmoid()[:, None]
     for inst, prob in zip(instances, probs.split([len(i) for i in instances]), strict=True):
         inst.pred_masks = prob
+    return probs

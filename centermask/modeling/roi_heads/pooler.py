@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from detectron2.layers import cat
-from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels, convert_boxes_to_pooler_format
+from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 from torch import Tensor
 
@@ -56,16 +56,11 @@ class CenterROIPooler(ROIPooler):
         Returns:
             (M, C, R, R) pooled features, M = total boxes.
         """
-        if len(self.level_poolers) == 1 or sum(len(b) for b in box_lists) == 0:
+        if self.assign_crit == "area" or len(self.level_poolers) == 1 or sum(len(b) for b in box_lists) == 0:
             return super().forward(x, box_lists)
-        if self.assign_crit == "ratio":
-            if image_sizes is None:
-                raise ValueError("the ratio level assignment needs image_sizes")
-            levels = assign_boxes_to_levels_by_ratio(box_lists, image_sizes, self.min_level, self.max_level)
-        else:
-            levels = assign_boxes_to_levels(
-                box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
-            )
+        if image_sizes is None:
+            raise ValueError("the ratio level assignment needs image_sizes")
+        levels = assign_boxes_to_levels_by_ratio(box_lists, image_sizes, self.min_level, self.max_level)
         pooler_fmt_boxes = convert_boxes_to_pooler_format(box_lists)
         output = x[0].new_zeros((len(pooler_fmt_boxes), x[0].shape[1], *self.output_size))
         for level, pooler in enumerate(self.level_poolers):
