@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from collections import OrderedDict
 
+import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import (
-    AMPTrainer,
     DefaultTrainer,
     SimpleTrainer,
-    TrainerBase,
     create_ddp_model,
     default_argument_parser,
     default_setup,
@@ -35,13 +33,10 @@ from detectron2.engine import (
 from detectron2.evaluation import DatasetEvaluator, verify_results
 from detectron2.utils.logger import setup_logger
 
-import vis_eval  # noqa: F401  (registers the builtin synthetic and video datasets)
-from centermask import add_centermask_config
-from centermask.evaluation import CenterMaskCOCOEvaluator
-from sipmask import add_sipmask_config
-from sipmask.data import build_sipmask_train_mapper
-from vis_eval.config import add_vis_eval_config
-from vis_eval.runner import evaluate_video_dataset
+from onestage.config import get_cfg
+from onestage.data import build_train_loader, is_video_dataset
+from onestage.evaluation import MaskScoreCOCOEvaluator
+from vis_eval.evaluation.video_inference import evaluate_video_dataset
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -52,42 +47,30 @@ class CPUAutocastTrainer(SimpleTrainer):
             super().run_step()
 
 
-def is_video_dataset(dataset_name: str) -> bool:
-    return MetadataCatalog.get(dataset_name).get("evaluator_type") == "ytvis"
+def _create_cpu_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    # DDP refuses device_ids for CPU modules; Detectron2's create_ddp_model always passes them.
+    return create_ddp_model(model, device_ids=None, **kwargs)
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer that also runs multi-process on CPU, AMP on CPU, and video evaluation."""
+    """DefaultTrainer that also trains multi-process and with AMP on CPU, picks the training mapper
+    by ``INPUT.DATASET_MAPPER_NAME`` (clips for video datasets) and evaluates video datasets."""
 
     def __init__(self, cfg: CfgNode):
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        on_cuda = next(model.parameters()).is_cuda
-        # DDP wants device_ids only for single-device CUDA modules
-        device_ids = [comm.get_local_rank()] if on_cuda else None
-        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
-        if not cfg.SOLVER.AMP.ENABLED:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
-        elif on_cuda:
-            self._trainer = AMPTrainer(model, data_loader, optimizer)
-        else:
-            self._trainer = CPUAutocastTrainer(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        on_cpu = cfg.MODEL.DEVICE == "cpu"
+        if on_cpu and comm.get_world_size() > 1:
+            d2_defaults.create_ddp_model = _create_cpu_ddp_model
+        try:
+            super().__init__(cfg)
+        finally:
+            d2_defaults.create_ddp_model = create_ddp_model
+        if on_cpu and cfg.SOLVER.AMP.ENABLED:  # Detectron2's AMPTrainer needs CUDA
+            trainer = self._trainer
+            self._trainer = CPUAutocastTrainer(trainer.model, trainer.data_loader, trainer.optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        # the real-time SipMask configs ask for their SSD-style augmentation; others use DatasetMapper
-        return build_detection_train_loader(cfg, mapper=build_sipmask_train_mapper(cfg))
+        return build_train_loader(cfg)
 
     @classmethod
     def build_evaluator(
@@ -106,9 +89,7 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         # use_fast_impl needs Detectron2's compiled _C, which this project does not install
-        return CenterMaskCOCOEvaluator(
-            dataset_name, tasks=tasks, output_dir=output_folder, use_fast_impl=False
-        )
+        return MaskScoreCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder, use_fast_impl=False)
 
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None) -> OrderedDict:
@@ -134,9 +115,6 @@ class Trainer(DefaultTrainer):
 
 def setup(args) -> CfgNode:
     cfg = get_cfg()
-    add_centermask_config(cfg)
-    add_sipmask_config(cfg)
-    add_vis_eval_config(cfg)
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"config file not found: {args.config_file}")
     cfg.merge_from_file(args.config_file)

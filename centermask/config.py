@@ -1,49 +1,15 @@
-"""Config keys of CenterMask / CenterMask-Lite (centermask2's additions to Detectron2's defaults)."""
+"""Config keys of CenterMask / CenterMask-Lite's RoI heads (centermask2's additions to Detectron2's
+defaults; the FCOS and backbone keys are the shared core's, see :func:`onestage.config.get_cfg`)."""
 
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-from centermask.modeling.backbone.config import add_backbone_config
-
 __all__ = ["add_centermask_config"]
 
 
 def add_centermask_config(cfg: CN) -> None:
-    """Add the FCOS, CenterMask RoI-head and backbone keys to ``cfg`` in place.
-
-    Safe to call more than once. Keys not added here (or by Detectron2) still raise a KeyError
-    when a YAML sets them.
-    """
-    add_backbone_config(cfg)  # MODEL.VOVNET.*, MODEL.MOBILENET, MODEL.FCOS (with TOP_LEVELS)
-
-    fcos = cfg.MODEL.FCOS
-    fcos.NUM_CLASSES = 80
-    fcos.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
-    fcos.FPN_STRIDES = [8, 16, 32, 64, 128]
-    fcos.PRIOR_PROB = 0.01
-    fcos.INFERENCE_TH_TRAIN = 0.05
-    fcos.INFERENCE_TH_TEST = 0.05
-    fcos.NMS_TH = 0.6
-    fcos.PRE_NMS_TOPK_TRAIN = 1000
-    fcos.PRE_NMS_TOPK_TEST = 1000
-    fcos.POST_NMS_TOPK_TRAIN = 100
-    fcos.POST_NMS_TOPK_TEST = 100
-    fcos.NORM = "GN"  # any other value: no norm in the towers
-    fcos.USE_SCALE = True
-    fcos.THRESH_WITH_CTR = False
-    fcos.LOSS_ALPHA = 0.25
-    fcos.LOSS_GAMMA = 2.0
-    fcos.SIZES_OF_INTEREST = [64, 128, 256, 512]
-    fcos.USE_RELU = True  # kept for YAML compatibility; regression always uses ReLU
-    fcos.USE_DEFORMABLE = False  # kept for YAML compatibility; True is rejected (broken upstream)
-    fcos.NUM_CLS_CONVS = 4
-    fcos.NUM_BOX_CONVS = 4
-    fcos.NUM_SHARE_CONVS = 0
-    fcos.CENTER_SAMPLE = True
-    fcos.POS_RADIUS = 1.5
-    fcos.LOC_LOSS_TYPE = "giou"
-
+    """Add the CenterMask RoI-head keys to ``cfg`` in place. Safe to call more than once."""
     cfg.MODEL.ROI_MASK_HEAD.ASSIGN_CRITERION = "area"  # every CenterMask config sets "ratio"
 
     cfg.MODEL.MASKIOU_ON = False

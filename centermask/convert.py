@@ -11,6 +11,8 @@ import re
 import torch
 from torch import Tensor
 
+from onestage.checkpoint import fold_frozen_bn_eps, rename_mb_fpn_key, strip_prefix
+
 __all__ = ["convert_centermask2", "convert_centermask_mb"]
 
 logger = logging.getLogger(__name__)
@@ -19,8 +21,6 @@ logger = logging.getLogger(__name__)
 _DROPPED = {"pixel_mean", "pixel_std"}
 # First key components of a bare bottom-up backbone (ImageNet "*_detectron2.pth" files, spec 10.2).
 _BARE_BACKBONE = re.compile(r"^(stem\.|stage\d\.|features\.)")
-# [MB] FrozenBatchNorm2d has no eps, Detectron2's uses 1e-5.
-_FROZEN_BN_EPS = 1e-5
 
 
 def convert_centermask2(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -28,8 +28,7 @@ def convert_centermask2(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     ``pixel_std``, strips a ``module.`` prefix and gives bare ImageNet backbone files
     (keys ``stem.*``, ``stage{s}.*``, ``features.*``) the ``backbone.bottom_up.`` prefix."""
     out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.")
+    for key, value in strip_prefix(state_dict).items():
         if key in _DROPPED:
             continue
         if _BARE_BACKBONE.match(key):
@@ -46,7 +45,6 @@ _MB_RULES: list[tuple[re.Pattern[str], str]] = [
     ),
     (re.compile(r"^backbone\.body\.(.*)/conv\.conv\.weight$"), r"backbone.bottom_up.\1/conv.weight"),
     (re.compile(r"^backbone\.body\.(.*)$"), r"backbone.bottom_up.\1"),
-    (re.compile(r"^backbone\.fpn\.top_blocks\.(p6|p7)\.(weight|bias)$"), r"backbone.top_block.\1.\2"),
     (re.compile(r"^rpn\.head\.centerness\.(weight|bias)$"), r"proposal_generator.fcos_head.ctrness.\1"),
     (
         re.compile(
@@ -80,17 +78,14 @@ _MB_RULES: list[tuple[re.Pattern[str], str]] = [
         r"roi_heads.maskiou_head.maskiou.\1",
     ),
 ]
-_MB_FPN = re.compile(r"^backbone\.fpn\.fpn_(inner|layer)(\d+)\.(weight|bias)$")
 # Outputs with a background row 0 in [MB] (81 rows) and none here (80).
 _MB_WITH_BACKGROUND = ("roi_heads.mask_head.predictor.", "roi_heads.maskiou_head.maskiou.")
 
 
 def _rename_mb(key: str) -> str:
-    m = _MB_FPN.match(key)
-    if m:
-        # [MB] numbers FPN blocks by bottom-up stage index (stage3 = 2); ours by log2(stride).
-        kind = "lateral" if m.group(1) == "inner" else "output"
-        return f"backbone.fpn_{kind}{int(m.group(2)) + 1}.{m.group(3)}"
+    fpn_key = rename_mb_fpn_key(key)
+    if fpn_key is not None:
+        return fpn_key
     for pattern, repl in _MB_RULES:
         if pattern.match(key):
             return pattern.sub(repl, key)
@@ -101,24 +96,23 @@ def convert_centermask_mb(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Convert an original CenterMask (maskrcnn-benchmark) checkpoint (spec 10.3).
 
     Renames every key, drops the background row of the mask predictor and the MaskIoU output
-    (81 -> 80 classes) and subtracts 1e-5 from the backbone FrozenBN ``running_var`` so that
-    Detectron2's ``FrozenBatchNorm2d`` (eps 1e-5) computes the same. The FCOS box regression
+    (81 -> 80 classes) and folds Detectron2's FrozenBN epsilon into the backbone's BN weights
+    (:func:`onestage.checkpoint.fold_frozen_bn_eps`), so that its ``FrozenBatchNorm2d`` computes
+    the same as maskrcnn-benchmark's. The FCOS box regression
     of [MB] predicts ``exp(x)`` in pixels where centermask2 uses ``relu(x) * stride``: the
     ``bbox_pred`` / ``scales`` weights are carried over but need fine-tuning.
     """
     out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.")
+    for key, value in strip_prefix(state_dict).items():
         new_key = _rename_mb(key)
         if new_key.startswith(_MB_WITH_BACKGROUND):
             if value.shape[0] < 2:
                 raise ValueError(f"{key}: expected a background row, got shape {tuple(value.shape)}")
             value = value[1:]
-        elif new_key.startswith("backbone.bottom_up.") and new_key.endswith(".running_var"):
-            value = (value - _FROZEN_BN_EPS).clamp(min=0.0)
         if new_key in out:
             raise KeyError(f"two keys map to {new_key!r}")
         out[new_key] = value.clone() if isinstance(value, torch.Tensor) else value
+    out = fold_frozen_bn_eps(out, "backbone.bottom_up.")
     logger.warning(
         "CenterMask (maskrcnn-benchmark) FCOS regression uses exp() in pixels; the converted "
         "bbox_pred / scales need fine-tuning before the boxes are meaningful."

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -34,10 +34,8 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from onestage.config import get_cfg
 import vis_eval  # noqa: F401  (registers the builtin datasets, for their metadata)
-from centermask import add_centermask_config
-from sipmask import add_sipmask_config
-from vis_eval.config import add_vis_eval_config
 from vis_eval.runner import annotate_frame, frames_from_video, run_video
 
 WINDOW_NAME = "onestage-seg"
@@ -46,9 +44,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = get_cfg()
-    add_centermask_config(cfg)
-    add_sipmask_config(cfg)
-    add_vis_eval_config(cfg)
     if not os.path.isfile(args.config_file):
         raise SystemExit(f"config file not found: {args.config_file}")
     cfg.merge_from_file(args.config_file)

@@ -8,7 +8,9 @@ __all__ = ["add_sipmask_config"]
 
 
 def add_sipmask_config(cfg: CN) -> None:
-    """Add ``MODEL.SIPMASK`` and ``MODEL.RESNETS.DEFORM_INTERVAL`` (idempotent)."""
+    """Add ``MODEL.SIPMASK`` (idempotent). The backbone's deformable-conv interval is the core's
+    ``MODEL.RESNETS.DEFORM_INTERVAL``; the real-time training pipeline is chosen by
+    ``INPUT.DATASET_MAPPER_NAME: "SSDDatasetMapper"``."""
     if "SIPMASK" in cfg.MODEL:
         return
     cfg.MODEL.SIPMASK = CN()
@@ -59,12 +61,3 @@ def add_sipmask_config(cfg: CN) -> None:
     # DefaultPredictor / DatasetMapper need no special transform (set INPUT.MIN_SIZE_* to 0).
     _C.FIXED_INPUT_SIZE_TRAIN = []
     _C.FIXED_INPUT_SIZE_TEST = []
-
-    # Backbone: a deformable 3x3 conv on every DEFORM_INTERVAL-th block (0, k, 2k, ...) of the
-    # stages selected by MODEL.RESNETS.DEFORM_ON_PER_STAGE (SipMask++: 3).
-    # Real-time training pipeline (PhotoMetricDistortion, Expand, MinIoURandomCrop, fixed-size resize,
-    # flip): sipmask.data.build_sipmask_train_mapper(cfg) returns its mapper when this is set.
-    if "SSD_AUGMENTATION" not in cfg.INPUT:
-        cfg.INPUT.SSD_AUGMENTATION = False
-    if "DEFORM_INTERVAL" not in cfg.MODEL.RESNETS:
-        cfg.MODEL.RESNETS.DEFORM_INTERVAL = 1

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
+
+from onestage.checkpoint import fold_frozen_bn_eps, rename_mb_fpn_key, strip_prefix
 
 __all__ = ["convert_sipmask_benchmark", "convert_sipmask_mmdet"]
 
@@ -20,10 +21,6 @@ _MMDET_HEAD_KEY = re.compile(
     r"((cls|reg)_convs\.\d+\.(conv|gn)|fcos_(cls|reg|centerness)|feat_align\.(conv_offset|conv_adaption|norm)"
     r"|sip_cof|sip_mask_lat0?|convs_scoring\.\d\.conv|mask_scoring)\.(weight|bias)|scales\.\d+\.scale"
 )
-
-
-def _strip_module(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
 
 
 def _resnet_key(rest: str) -> str | None:
@@ -58,7 +55,7 @@ def _rename(state_dict: dict[str, Tensor], rename: Callable[[str], str | None]) 
     dropped); raise ``KeyError`` on the keys it returns None for."""
     out: dict[str, Tensor] = {}
     unknown = []
-    for key, value in _strip_module(state_dict).items():
+    for key, value in strip_prefix(state_dict).items():
         if key.endswith("num_batches_tracked"):
             continue
         new = rename(key)
@@ -117,11 +114,8 @@ def _benchmark_key(key: str) -> str | None:
     if key.startswith("backbone.body."):
         rest = _resnet_key(key[len("backbone.body.") :])
         return None if rest is None else "backbone.bottom_up." + rest
-    if (m := re.fullmatch(r"backbone\.fpn\.fpn_(inner|layer)(\d)\.(weight|bias)", key)) is not None:
-        kind = "lateral" if m.group(1) == "inner" else "output"
-        return f"backbone.fpn_{kind}{int(m.group(2)) + 1}.{m.group(3)}"
-    if (m := re.fullmatch(r"backbone\.fpn\.top_blocks\.(p6|p7)\.(weight|bias)", key)) is not None:
-        return f"backbone.top_block.{m.group(1)}.{m.group(2)}"
+    if (fpn_key := rename_mb_fpn_key(key)) is not None:
+        return fpn_key
     if key.startswith("rpn.head."):
         rest = _benchmark_head_key(key[len("rpn.head.") :])
         return None if rest is None else "head." + rest
@@ -139,12 +133,4 @@ def convert_sipmask_benchmark(state_dict: dict[str, Tensor], eps: float = 1e-5) 
     for key in out:
         if key.startswith("head.scales."):
             out[key] = out[key].reshape(())
-    # Fold the eps difference of the frozen BNs into their weights.
-    for key in list(out):
-        if key.endswith("norm.running_var") and key.startswith("backbone.bottom_up."):
-            var = out[key].float()
-            wkey = key[: -len("running_var")] + "weight"
-            if wkey in out:
-                factor = torch.sqrt(var + eps) / torch.sqrt(var.clamp(min=1e-12))
-                out[wkey] = (out[wkey].float() * factor).to(out[wkey].dtype)
-    return out
+    return fold_frozen_bn_eps(out, "backbone.bottom_up.", eps)

@@ -10,7 +10,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.events import EventStorage
 
-from vis_eval import synthetic
+from vis_eval.data import synthetic
 
 
 def tiny_dataset(name: str, root) -> list[dict]:

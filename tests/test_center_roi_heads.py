@@ -162,6 +162,26 @@ def test_maskiou_fraction_with_bitmasks_matches_polygons():
     assert torch.allclose(gt_mask_fraction_in_boxes([bits]), torch.tensor([0.5, 0.5]))
 
 
+def test_maskiou_canvas_size_uses_float32_box_differences():
+    # gt: a 100 x 847.5 column; box (0, 1e-6)-(100, 100) lies inside it and the prediction fills the
+    # box, so crop gt = pred = all 784 px and target = 784 / (784 / ratio) = ratio = A_in / A_full.
+    gt_height = 847.5
+    inst = _fg([[0.0, 1e-6, 100.0, 100.0]], [[square(0, 0, 100, gt_height)]], [0])
+    box = np.asarray([0.0, 1e-6, 100.0, 100.0], dtype=np.float32)
+    # centermask2 truncates float32 differences: 100 - 1e-6 rounds to 100.0 in float32 ...
+    height, width = int(box[3] - box[1]), int(box[2] - box[0])
+    assert (height, width) == (100, 100)
+    assert int(box.astype(np.float64)[3] - box.astype(np.float64)[1]) == 99  # ... but not in float64
+    # the whole height x width canvas is inside the gt (pycocotools counts every pixel)
+    ratio = height * width / (100 * gt_height)
+    assert round(ratio, 4) == 0.1180  # 99-row canvas: 9900 / 84750 = 0.1168
+    assert gt_mask_fraction_in_boxes([inst]).item() == pytest.approx(ratio, rel=1e-6)
+    gt = inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, 28)
+    assert gt.sum() == 784
+    target = maskiou_targets([inst], torch.ones((1, 28, 28)), gt)
+    assert target.item() == pytest.approx(ratio, rel=1e-5) and round(target.item(), 4) == 0.1180
+
+
 def test_maskiou_loss_only_on_positive_targets():
     pred = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3], [0.7, 0.7, 0.7]], requires_grad=True)
     classes = torch.tensor([1, 2, 0])

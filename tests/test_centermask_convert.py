@@ -95,14 +95,108 @@ def test_lite_model_keys_and_shapes_follow_spec(lite_v19):
     assert s["roi_heads.maskiou_head.maskiou_fc1.weight"] == (1024, 6272)
 
 
-def test_centermask2_checkpoint_loads_strictly(lite_v19):
-    ckpt = {f"module.{k}": v for k, v in _random_like(_shapes(lite_v19)).items()}
+# ------------------------------------------------------------- centermask2 layout, from the spec's key table
+
+# spec 1.6: stem channels, stage conv channels, stage output (concat) channels, layers per OSA block,
+# blocks per stage (stages 2..5)
+VOVNET_SPECS = {
+    "V-19-eSE": ((64, 64, 128), (128, 160, 192, 224), (256, 512, 768, 1024), 3, (1, 1, 1, 1)),
+    "V-39-eSE": ((64, 64, 128), (128, 160, 192, 224), (256, 512, 768, 1024), 5, (1, 1, 2, 2)),
+}
+# config -> (CONV_BODY, FPN C, FCOS convs per tower, mask head D and convs, MaskIoU head E and convs)
+SPEC_MODELS = {
+    "lite_v19": ("V-19-eSE", 128, 2, 128, 2, 128, 2),
+    "full_v39": ("V-39-eSE", 256, 4, 256, 4, 256, 4),
+}
+K = 80
+
+
+def _frozen_bn(prefix: str, ch: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{name}": (ch,) for name in ("weight", "bias", "running_mean", "running_var")}
+
+
+def _conv(prefix: str, out_ch: int, in_ch: int, k: int, bias: bool = True) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.weight": (out_ch, in_ch, k, k), **({f"{prefix}.bias": (out_ch,)} if bias else {})}
+
+
+def centermask2_spec_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a centermask2 checkpoint, generated from spec 1.1-1.6 and 10.1 only (VoVNet
+    without dw / DCN, FrozenBN norms, GN FCOS towers), independently of this project's modules."""
+    body, c, towers, d, mask_convs, e, iou_convs = SPEC_MODELS[model]
+    stem, stage_ch, out_ch, layers, blocks = VOVNET_SPECS[body]
+    bu = "backbone.bottom_up."
+    keys: dict[str, tuple[int, ...]] = {}
+    in_ch = 3
+    for unit, ch in enumerate(stem, start=1):
+        keys |= _conv(f"{bu}stem.stem_{unit}/conv", ch, in_ch, 3, bias=False)
+        keys |= _frozen_bn(f"{bu}stem.stem_{unit}/norm", ch)
+        in_ch = ch
+    for s, sc, oc, nb in zip(range(2, 6), stage_ch, out_ch, blocks, strict=True):
+        for b in range(1, nb + 1):
+            osa, prefix = f"OSA{s}_{b}", f"{bu}stage{s}.OSA{s}_{b}."
+            x = in_ch
+            for i in range(layers):
+                keys |= _conv(f"{prefix}layers.{i}.{osa}_{i}/conv", sc, x, 3, bias=False)
+                keys |= _frozen_bn(f"{prefix}layers.{i}.{osa}_{i}/norm", sc)
+                x = sc
+            keys |= _conv(f"{prefix}concat.{osa}_concat/conv", oc, in_ch + layers * sc, 1, bias=False)
+            keys |= _frozen_bn(f"{prefix}concat.{osa}_concat/norm", oc)
+            keys |= _conv(f"{prefix}ese.fc", oc, oc, 1)
+            in_ch = oc
+    for level, ch in zip((3, 4, 5), out_ch[1:], strict=True):
+        keys |= _conv(f"backbone.fpn_lateral{level}", c, ch, 1) | _conv(f"backbone.fpn_output{level}", c, c, 3)
+    keys |= _conv("backbone.top_block.p6", c, c, 3) | _conv("backbone.top_block.p7", c, c, 3)
+    fcos = "proposal_generator.fcos_head."
+    for tower in ("cls_tower", "bbox_tower"):
+        for j in range(towers):  # conv at 3j, GroupNorm at 3j + 1, ReLU at 3j + 2
+            keys |= _conv(f"{fcos}{tower}.{3 * j}", c, c, 3)
+            keys |= {f"{fcos}{tower}.{3 * j + 1}.weight": (c,), f"{fcos}{tower}.{3 * j + 1}.bias": (c,)}
+    keys |= _conv(f"{fcos}cls_logits", K, c, 3) | _conv(f"{fcos}bbox_pred", 4, c, 3)
+    keys |= _conv(f"{fcos}ctrness", 1, c, 3)
+    keys |= {f"{fcos}scales.{level}.scale": (1,) for level in range(5)}
+    mask = "roi_heads.mask_head."
+    for n in range(1, mask_convs + 1):
+        keys |= _conv(f"{mask}mask_fcn{n}", d, c if n == 1 else d, 3)
+    keys |= _conv(f"{mask}spatialAtt.conv", 1, 2, 3, bias=False)
+    keys |= {f"{mask}deconv.weight": (d, d, 2, 2), f"{mask}deconv.bias": (d,)}
+    keys |= _conv(f"{mask}predictor", K, d, 1)
+    iou = "roi_heads.maskiou_head."
+    for n in range(1, iou_convs + 1):
+        keys |= _conv(f"{iou}maskiou_fcn{n}", e, d + 1 if n == 1 else e, 3)
+    keys |= {f"{iou}maskiou_fc1.weight": (1024, e * 49), f"{iou}maskiou_fc1.bias": (1024,)}
+    keys |= {f"{iou}maskiou_fc2.weight": (1024, 1024), f"{iou}maskiou_fc2.bias": (1024,)}
+    keys |= {f"{iou}maskiou.weight": (K, 1024), f"{iou}maskiou.bias": (K,)}
+    return keys
+
+
+def spec_checkpoint(model: str) -> dict[str, torch.Tensor]:
+    """A DDP-saved centermask2 state dict: ``module.`` prefixes, old ``pixel_mean`` / ``pixel_std``
+    buffers, and tensor number i filled with the value i (to check where each one lands)."""
+    shapes = centermask2_spec_shapes(model)
+    ckpt = {f"module.{k}": torch.full(s, float(i)) for i, (k, s) in enumerate(shapes.items())}
     ckpt["module.pixel_mean"] = torch.zeros(3, 1, 1)
-    ckpt["pixel_std"] = torch.ones(3, 1, 1)
+    ckpt["module.pixel_std"] = torch.ones(3, 1, 1)
+    return ckpt
+
+
+def _check_loads_spec_checkpoint(model, converted: dict[str, torch.Tensor], spec_model: str) -> None:
+    shapes = centermask2_spec_shapes(spec_model)
+    ours = _shapes(model)
+    assert sorted(set(ours) - set(converted)) == []  # missing
+    assert sorted(set(converted) - set(ours)) == []  # unexpected
+    assert {k: tuple(v.shape) for k, v in converted.items() if tuple(v.shape) != ours[k]} == {}
+    _strict_load(model, converted)
+    sd = model.state_dict()
+    assert [k for i, k in enumerate(shapes) if not bool((sd[k] == float(i)).all())] == []
+
+
+@pytest.mark.parametrize("spec_model", ["lite_v19", "full_v39"])
+def test_centermask2_checkpoint_from_the_spec_loads_strictly(spec_model, request):
+    model = request.getfixturevalue(spec_model)
+    ckpt = spec_checkpoint(spec_model)
     converted = convert_centermask2(ckpt)
-    _strict_load(lite_v19, converted)
-    key = "roi_heads.maskiou_head.maskiou.weight"
-    assert torch.equal(lite_v19.state_dict()[key], ckpt[f"module.{key}"])
+    assert set(converted) == {k.removeprefix("module.") for k in ckpt} - {"pixel_mean", "pixel_std"}
+    _check_loads_spec_checkpoint(model, converted, spec_model)
 
 
 def test_imagenet_backbone_file_with_or_without_prefix(lite_v19):
@@ -116,9 +210,9 @@ def test_imagenet_backbone_file_with_or_without_prefix(lite_v19):
 
 def test_convert_tool_centermask2_layout(tmp_path, lite_v19):
     src, dst = tmp_path / "in.pth", tmp_path / "out.pth"
-    torch.save({"model": {f"module.{k}": v for k, v in lite_v19.state_dict().items()}, "iteration": 5}, src)
+    torch.save({"model": spec_checkpoint("lite_v19"), "iteration": 5}, src)
     assert convert_main(["centermask2", str(src), str(dst)]) == 0
-    _strict_load(lite_v19, torch.load(dst)["model"])
+    _check_loads_spec_checkpoint(lite_v19, torch.load(dst)["model"], "lite_v19")
 
 
 # ------------------------------------------------------------- maskrcnn-benchmark [MB] layout

@@ -13,22 +13,23 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
 from video_oracle import (
-    GroundTruthAssociator,
+    GroundTruthTracker,
     OracleModel,
     load_gt_frames,
     single_thread,  # noqa: F401 (an autouse fixture)
 )
 
-from vis_eval import synthetic_video
-from vis_eval.runner import (
+from vis_eval.config import add_vis_eval_config
+from vis_eval.data import synthetic_video
+from vis_eval.rle import encode_masks
+from vis_eval.video import (
+    MaskIoUTracker,
     VideoResultBuilder,
     VideoRunner,
     annotate_frame,
-    encode_masks,
+    binary_masks,
     iter_frames,
-    run_video,
 )
-from vis_eval.tracker import MaskIoUTracker
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_iter_frames_errors(tmp_path):
 # ----------------------------------------------------------------------------- results
 def tracked(ids, classes, scores, masks, size=(6, 5)):
     inst = Instances(size)
-    inst.pred_ids = torch.tensor(ids, dtype=torch.int64)
+    inst.ID = list(ids)
     inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
     inst.scores = torch.tensor(scores, dtype=torch.float32)
     inst.pred_masks = torch.as_tensor(np.array(masks, dtype=bool).reshape(len(ids), *size))
@@ -107,9 +108,14 @@ def test_encode_masks_round_trip():
     rles = encode_masks(masks)
     assert all(isinstance(r["counts"], str) and r["size"] == [7, 9] for r in rles)
     assert (mask_util.decode(rles).transpose(2, 0, 1) == masks.numpy()).all()
+    assert encode_masks(masks.numpy().astype(np.uint8)) == rles
     assert encode_masks(torch.zeros(0, 7, 9, dtype=torch.bool)) == []
-    soft = encode_masks(torch.full((1, 2, 2), 0.7))
-    assert mask_util.decode(soft).all()
+    soft = torch.tensor([[[0.7, 0.2], [0.5, 0.0]]])
+    with pytest.raises(ValueError, match="threshold soft masks"):
+        encode_masks(soft)
+    assert mask_util.decode(encode_masks(binary_masks(soft)))[..., 0].tolist() == [[1, 0], [1, 0]]
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        encode_masks(np.ones((7, 9), bool))
 
 
 def test_result_builder_scores_labels_and_null_frames():
@@ -129,6 +135,12 @@ def test_result_builder_scores_labels_and_null_frames():
     assert (mask_util.decode(first["segmentations"][2]) == m).all()
     assert second["category_id"] == 10 and second["score"] == pytest.approx(0.2)
     assert (mask_util.decode(second["segmentations"][0]) == ~m).all()
+    soft = tracked([4], [2], [0.5], [m])
+    soft.pred_masks = soft.pred_masks.float() * 0.6  # soft masks are thresholded at 0.5
+    soft.ID = torch.tensor([4])  # an int64 tensor of ids is accepted as well
+    other = VideoResultBuilder()
+    other.add(0, soft)
+    assert (mask_util.decode(other.results(1)[0]["segmentations"][0]) == m).all()
     assert len(builder.results(3)[0]["segmentations"]) == 5  # default: frames added
     with pytest.raises(KeyError, match="dataset id"):
         builder.results(3, category_map={0: 1})
@@ -143,6 +155,8 @@ def test_result_builder_rejects_bad_frames():
         builder.add(1, tracked([0], [0], [0.5], [m]))
     with pytest.raises(ValueError, match="unique"):
         builder.add(0, tracked([3, 3], [0, 0], [0.5, 0.5], [m, m]))
+    with pytest.raises(ValueError, match="unique ints"):
+        VideoResultBuilder(6, 5).add(0, tracked([3, None], [0, 0], [0.5, 0.5], [m, m]))
     with pytest.raises(ValueError, match="size"):
         builder.add(1, tracked([0], [0], [0.5], [np.ones((7, 5), bool)], size=(7, 5)))
     no_masks = tracked([0], [0], [0.5], [m])
@@ -157,8 +171,13 @@ def test_runner_reproduces_ground_truth_exactly(tiny_split):
     sizes = {v["id"]: (v["height"], v["width"]) for v in data["videos"]}
     sequence = [(v["id"], t) for v in data["videos"] for t in range(v["length"])]
     model = OracleModel(gt, sizes, sequence).train()
-    associator = GroundTruthAssociator()
-    runner = VideoRunner(model, associator, input_format="RGB", min_size_test=64, max_size_test=1000)
+    trackers = []  # one new tracker per video
+
+    def make_tracker():
+        trackers.append(GroundTruthTracker())
+        return trackers[-1]
+
+    runner = VideoRunner(model, make_tracker, input_format="RGB", min_size_test=64, max_size_test=1000)
     for video in data["videos"]:
         paths = [image_root / f for f in video["file_names"]]
         results = runner.run_video(
@@ -175,7 +194,7 @@ def test_runner_reproduces_ground_truth_exactly(tiny_split):
                 if truth is not None:
                     expected = mask_util.decode(mask_util.frPyObjects(truth, *sizes[video["id"]]))
                     assert pred["size"] == truth["size"] and (mask_util.decode(pred) == expected).all()
-    assert model.calls == len(sequence) and associator.resets == len(data["videos"])
+    assert model.calls == len(sequence) and len(trackers) == len(data["videos"])
     assert model.training  # restored after inference
     # test-time resize (short side 64 of a 128 x 160 frame) and CHW input
     assert set(model.input_shapes) == {(3, 64, 80)}
@@ -198,7 +217,7 @@ def test_runner_channel_order_and_predictor_callables():
             return [{"instances": inst}]
 
     for fmt, expected in (("RGB", [0.0, 0.0, 255.0]), ("BGR", [255.0, 0.0, 0.0])):
-        list(VideoRunner(Probe(), MaskIoUTracker(), input_format=fmt, min_size_test=8).stream([frame]))
+        list(VideoRunner(Probe(), MaskIoUTracker, input_format=fmt, min_size_test=8).stream([frame]))
         assert seen[-1] == expected
     # a callable predictor (e.g. DefaultPredictor) gets the BGR frame itself
     predictor_inputs = []
@@ -207,20 +226,24 @@ def test_runner_channel_order_and_predictor_callables():
         predictor_inputs.append(image)
         return Probe()([{"image": torch.zeros(3, 8, 10)}])[0]
 
-    out = list(run_video(predictor, [frame, frame]))  # default associator: a mask-IoU tracker
-    assert len(out) == 2 and out[0][0] is frame and predictor_inputs[0] is frame
-    assert all(isinstance(inst, Instances) and inst.has("pred_ids") for _, inst in out)
+    runner = VideoRunner(predictor)  # default tracker: a mask-IoU tracker per video
+    out = list(runner.stream([frame, frame]))
+    assert [f.index for f in out] == [0, 1] and out[0].image is frame and predictor_inputs[0] is frame
+    assert all(isinstance(f.instances, Instances) and f.instances.ID == [] for f in out)
+    assert isinstance(runner.tracker, MaskIoUTracker)
     with pytest.raises(TypeError):
-        VideoRunner(object(), MaskIoUTracker())
-    with pytest.raises(TypeError):
+        VideoRunner(object())
+    with pytest.raises(TypeError, match="make_tracker"):
         VideoRunner(predictor, object())
+    with pytest.raises(TypeError, match="BaseTracker"):
+        list(VideoRunner(predictor, object).stream([frame]))
     # wrong output size, missing output
     with pytest.raises(ValueError, match="input height/width"):
-        list(run_video(predictor, [np.zeros((9, 10, 3), np.uint8)], MaskIoUTracker()))
+        list(VideoRunner(predictor).stream([np.zeros((9, 10, 3), np.uint8)]))
     with pytest.raises(TypeError, match="instances"):
-        list(run_video(lambda image: {}, [frame], MaskIoUTracker()))
+        list(VideoRunner(lambda image: {}).stream([frame]))
     with pytest.raises(ValueError, match="expected"):
-        list(VideoRunner(predictor, MaskIoUTracker()).stream([frame], frame_size=(9, 10)))
+        list(VideoRunner(predictor).stream([frame], frame_size=(9, 10)))
 
 
 def test_runner_from_config_with_tracker_follows_objects(tiny_split):
@@ -229,17 +252,85 @@ def test_runner_from_config_with_tracker_follows_objects(tiny_split):
     sizes = {video["id"]: (video["height"], video["width"])}
     model = OracleModel(gt, sizes, [(video["id"], t) for t in range(video["length"])])
     cfg = get_cfg()
+    with pytest.raises(KeyError, match="add_vis_eval_config"):
+        VideoRunner.from_config(cfg, model)
+    add_vis_eval_config(cfg)
     cfg.INPUT.MIN_SIZE_TEST = 96
+    cfg.TRACKER_HEADS.MASK_IOU_TRACKER.MAX_AGE = 3
     runner = VideoRunner.from_config(cfg, model)
-    assert isinstance(runner.associator, MaskIoUTracker)
     frames = list(runner.stream([image_root / f for f in video["file_names"]]))
+    assert isinstance(runner.tracker, MaskIoUTracker) and runner.tracker.max_age == 3
     assert len(frames) == video["length"]
     # with ground-truth detections, each predicted track covers a single ground-truth track
-    pairs = {
-        (i, g) for f in frames for i, g in zip(f.instances.pred_ids.tolist(), f.instances.gt_ids.tolist())
-    }
+    pairs = {(i, g) for f in frames for i, g in zip(f.instances.ID, f.instances.gt_ids.tolist())}
     assert len({i for i, _ in pairs}) == len(pairs)
     assert model.input_shapes[0] == (3, 96, 120)
+    cfg.TRACKER_HEADS.TRACKER_NAME = "NoSuchTracker"
+    with pytest.raises(KeyError, match="NoSuchTracker"):
+        VideoRunner.from_config(cfg, model)
+
+
+class ToyVideoModel(torch.nn.Module):
+    """A video model with its own association: per-video state (the frame counter) that
+    ``reset_video()`` clears; it returns two masks per frame with its own (arbitrary) ``ID``."""
+
+    def __init__(self):
+        super().__init__()
+        self.resets = 0
+        self.frame: int | None = None  # frame index within the current video; None before any reset
+        self.seen: list[tuple[int, int]] = []  # (resets so far, frame index) per forward call
+        self.ids: list[list[int]] = []  # the ids returned, per call
+
+    def reset_video(self) -> None:
+        self.resets += 1
+        self.frame = 0
+
+    def forward(self, batched_inputs: list[dict]) -> list[dict]:
+        assert self.frame is not None, "reset_video() was not called before the first frame"
+        (x,) = batched_inputs
+        h, w = x["height"], x["width"]
+        self.seen.append((self.resets, self.frame))
+        masks = torch.zeros(2, h, w, dtype=torch.bool)
+        masks[0, : h // 2], masks[1, h // 2 :] = True, True
+        inst = Instances((h, w), pred_masks=masks, scores=torch.tensor([0.9, 0.8]))
+        inst.pred_classes = torch.tensor([0, 1])
+        inst.pred_boxes = BitMasks(masks).get_bounding_boxes()
+        inst.ID = [1000 * self.resets + self.frame, 7]  # not what any tracker would give
+        self.ids.append(inst.ID)
+        self.frame += 1
+        return [{"instances": inst}]
+
+
+def test_video_model_is_reset_per_video_and_its_ids_pass_through():
+    model = ToyVideoModel()
+    runner = VideoRunner(model, min_size_test=8)
+    lengths = (3, 1, 4)
+    outputs = [list(runner.stream(random_frames(n, h=8, w=10, seed=n))) for n in lengths]
+    # reset once at each video start, before the video's first frame
+    assert model.resets == len(lengths)
+    assert model.seen == [(v + 1, t) for v, n in enumerate(lengths) for t in range(n)]
+    assert runner.tracker is None  # no tracker for a model that associates by itself
+    assert [f.instances.ID for frames in outputs for f in frames] == model.ids  # unchanged
+    # results: one record per id the model gave
+    results = runner.run_video(random_frames(2, h=8, w=10), video_id=5)
+    assert model.resets == 4 and len(results) == 3  # ids 4000, 4001 and 7
+    # found behind a DefaultPredictor-like wrapper too; no tracker may be given
+    wrapped = type("Predictor", (), {"model": model, "__call__": lambda self, image: model(
+        [{"image": torch.zeros(3, 8, 10), "height": 8, "width": 10}])[0]})()  # fmt: skip
+    list(VideoRunner(wrapped).stream(random_frames(1, h=8, w=10)))
+    assert model.resets == 5
+    with pytest.raises(ValueError, match="reset_video"):
+        VideoRunner(model, MaskIoUTracker)
+    assert VideoRunner.from_config(get_cfg(), model).make_tracker is None  # no TRACKER_HEADS needed
+
+    class NoIds(ToyVideoModel):
+        def forward(self, batched_inputs):
+            out = super().forward(batched_inputs)
+            out[0]["instances"].remove("ID")
+            return out
+
+    with pytest.raises(TypeError, match="must return Instances with ID"):
+        list(VideoRunner(NoIds(), min_size_test=8).stream(random_frames(1, h=8, w=10)))
 
 
 def test_memory_stays_flat_in_the_number_of_frames():
@@ -263,7 +354,7 @@ def test_memory_stays_flat_in_the_number_of_frames():
 
     def peak(n, keep_frames=False):
         tracemalloc.start()
-        runner = VideoRunner(predictor, MaskIoUTracker())
+        runner = VideoRunner(predictor, MaskIoUTracker)
         if keep_frames:  # negative control: a consumer that holds every tracked frame
             kept = list(runner.stream(frames(n)))
             assert len(kept) == n
@@ -300,6 +391,10 @@ def test_annotate_frame_colours_follow_track_ids():
     assert not (first[a] == first[b]).all()
     # colours follow the ids, not the positions
     assert (swapped[a] == first[b]).all() and (swapped[b] == first[a]).all()
+    # instances below min_score are left out (ID is a list: filtered alongside the tensors)
+    low = tracked([0, 1], [0, 1], [0.9, 0.8], [m1, m2], (h, w))
+    only_first = annotate_frame(visualizer, image, low, min_score=0.85)
+    assert (only_first[a] == first[a]).all() and (only_first[b] == image[b]).all()
 
 
 def test_memory_benchmark_tool_worker(capsys):

@@ -90,3 +90,68 @@ def test_ssd_mapper_output(tmp_path):
     assert "annotations" not in out
     cfg.INPUT.SSD_AUGMENTATION = False
     assert build_sipmask_train_mapper(cfg) is None
+
+
+class _Mapped(torch.utils.data.Dataset):
+    """``n`` copies of one dataset dict, each run through ``mapper``."""
+
+    def __init__(self, mapper: SSDDatasetMapper, d: dict, n: int):
+        self.mapper, self.d, self.n = mapper, d, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.mapper(self.d)["image"]
+
+
+def _one_box_image(tmp_path) -> dict:
+    image = np.zeros((24, 32, 3), dtype=np.uint8)
+    image[4:16, 6:20] = (40, 160, 220)
+    cv2.imwrite(str(tmp_path / "b.png"), image)
+    poly = [[6, 4, 20, 4, 20, 16, 6, 16]]
+    ann = {"bbox": [6, 4, 14, 12], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "segmentation": poly}
+    return {"file_name": str(tmp_path / "b.png"), "height": 24, "width": 32, "annotations": [ann]}
+
+
+def _ssd_mapper(seed: int | None = None) -> SSDDatasetMapper:
+    return SSDDatasetMapper(image_format="BGR", size=(16, 24), mean=(100.0, 110.0, 120.0), seed=seed)
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_ssd_mapper_draws_differ_between_loader_workers(tmp_path, seed):
+    """Worker 0 maps items 0, 2, worker 1 items 1, 3 (batch size 1, sequential sampler): the dicts
+    are identical, so equal outputs would mean both workers replay the same draws."""
+    from detectron2.data.build import worker_init_reset_seed
+
+    dataset = _Mapped(_ssd_mapper(seed), _one_box_image(tmp_path), 4)
+
+    def run() -> list[torch.Tensor]:
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=1,
+            num_workers=2,
+            worker_init_fn=worker_init_reset_seed,
+            generator=torch.Generator().manual_seed(0),  # base seed of the workers' torch RNG
+        )
+        return [batch[0] for batch in loader]
+
+    first = run()
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[2], first[3])
+    assert not torch.equal(first[0], first[2])  # and each worker moves on between calls
+    again = run()  # same loader seed: same draws
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_ssd_mapper_is_reproducible_from_the_global_seed(tmp_path):
+    from detectron2.utils.env import seed_all_rng
+
+    d, mapper = _one_box_image(tmp_path), _ssd_mapper()
+
+    def draws(seed: int) -> list[torch.Tensor]:
+        seed_all_rng(seed)
+        return [mapper(d)["image"] for _ in range(3)]
+
+    a, b, c = draws(5), draws(5), draws(6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a[0], c[0])

@@ -6,7 +6,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from vis_eval import shapes, synthetic
+from vis_eval.data import shapes, synthetic
 
 
 def test_visible_masks_later_shapes_occlude_earlier():

@@ -7,8 +7,9 @@ import pycocotools.mask as mask_util
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from vis_eval import shapes, synthetic_video
-from vis_eval.synthetic_video import SCENE, mask_to_uncompressed_rle, render_video
+from vis_eval.data import shapes, synthetic_video
+from vis_eval.data.synthetic_video import SCENE, render_video
+from vis_eval.rle import mask_to_uncompressed_rle
 
 
 def test_uncompressed_rle_round_trip():

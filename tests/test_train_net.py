@@ -1,6 +1,7 @@
 """train_net.py: training, evaluation, AMP, multi-process on CPU, config errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -29,10 +30,22 @@ def make_args(output_dir, *opts, eval_only=False, config=CONFIG):
     )  # fmt: skip
 
 
+# score threshold 0: even after two iterations every image has detections, so AP is a number (with
+# none at all Detectron2 reports NaN)
+SCORED = ["MODEL.FCOS.INFERENCE_TH_TEST", "0.0"]
+
+
+def final_metrics(output_dir: Path) -> dict:
+    """The metrics.json entries of the last iteration merged (the final evaluation included)."""
+    entries = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
+    last = max(m["iteration"] for m in entries)
+    return {k: v for m in entries if m["iteration"] == last for k, v in m.items()}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    train_net.main(make_args(out))
+    train_net.main(make_args(out, *SCORED))
     return out
 
 
@@ -40,16 +53,37 @@ def test_train_writes_checkpoint_and_evaluates(trained):
     assert (trained / "model_final.pth").is_file()
     metrics = [json.loads(line) for line in (trained / "metrics.json").read_text().splitlines()]
     assert any("loss_fcos_cls" in m for m in metrics)
-    assert any("segm/AP" in m for m in metrics) and any("bbox/AP" in m for m in metrics)
+    final = final_metrics(trained)
+    for key in ("segm/AP", "bbox/AP"):
+        assert math.isfinite(final[key]) and 0.0 <= final[key] <= 100.0, (key, final[key])
 
 
-def test_eval_only_loads_weights(trained, tmp_path):
-    args = make_args(tmp_path, "MODEL.WEIGHTS", str(trained / "model_final.pth"), eval_only=True)
+def test_eval_only_loads_weights(trained, tmp_path, monkeypatch):
+    evaluated = []
+    test = train_net.Trainer.test  # bound to Trainer
+
+    def recording_test(cls, cfg, model, evaluators=None):
+        evaluated.append(model)
+        return test(cfg, model, evaluators)
+
+    monkeypatch.setattr(train_net.Trainer, "test", classmethod(recording_test))
+    checkpoint = trained / "model_final.pth"
+    args = make_args(tmp_path, *SCORED, "MODEL.WEIGHTS", str(checkpoint), eval_only=True)
     results = train_net.main(args)
+
+    # the model that was evaluated carries exactly the checkpoint's weights
+    (model,) = evaluated
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = model.state_dict()
+    assert set(state) == set(saved)
+    assert [k for k in saved if not torch.equal(state[k], saved[k])] == []
+    # ... and scores what the trained model scored in its final evaluation
     assert set(results) == {"bbox", "segm"}
-    # after two iterations there may be no detection at all: Detectron2 then reports NaN
-    ap = results["segm"]["AP"]
-    assert ap != ap or 0.0 <= ap <= 100.0
+    final = final_metrics(trained)
+    for task in ("bbox", "segm"):
+        ap = results[task]["AP"]
+        assert math.isfinite(ap) and 0.0 <= ap <= 100.0, (task, ap)
+        assert ap == pytest.approx(final[f"{task}/AP"], abs=1e-9)
     assert (tmp_path / "inference/synthetic_shapes_tiny/coco_instances_results.json").is_file()
 
 

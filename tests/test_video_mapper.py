@@ -9,9 +9,9 @@ from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode
 
-from vis_eval.video_mapper import (
+from vis_eval.config import add_vis_eval_config
+from vis_eval.data.video_mapper import (
     VideoClipMapper,
-    add_video_mapper_config,
     reference_positions,
     sample_clip_frames,
 )
@@ -161,7 +161,7 @@ def test_clip_mapper_reference_is_an_annotated_frame(video):
 
 def test_clip_mapper_from_config_and_eval_mode(video):
     cfg = get_cfg()
-    add_video_mapper_config(cfg)
+    add_vis_eval_config(cfg)
     cfg.INPUT.SAMPLING_FRAME_NUM = 4
     cfg.INPUT.MIN_SIZE_TEST = 20
     mapper = VideoClipMapper(cfg, is_train=False)
@@ -197,7 +197,7 @@ def test_clip_mapper_errors(video, tmp_path):
 def test_clip_mapper_on_the_synthetic_videos():
     from detectron2.data import DatasetCatalog
 
-    from vis_eval.synthetic_video import register_synthetic_vis
+    from vis_eval.data.synthetic_video import register_synthetic_vis
 
     register_synthetic_vis()
     videos = DatasetCatalog.get("synthetic_vis_tiny")

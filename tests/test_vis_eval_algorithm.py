@@ -7,8 +7,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from vis_eval.eval import EvalParams, evaluate, reference_evaluate
-from vis_eval.eval.random_cases import random_gt_and_results
+from random_vis_cases import random_gt_and_results
+
+from vis_eval.evaluation import EvalParams, evaluate, reference_evaluate
 
 IMPLS = [evaluate, reference_evaluate]
 
@@ -116,7 +117,7 @@ def test_worked_example_iou(kwargs, iou):
 
 def test_worked_example_wrong_size_warns_and_zip_truncation(caplog):
     gt, res = worked_example(wrong_size=True)
-    with caplog.at_level(logging.WARNING, logger="vis_eval.eval.ytviseval"):
+    with caplog.at_level(logging.WARNING, logger="vis_eval.evaluation.ytviseval"):
         evaluate(gt, res)
     assert "1 (result, GT) frame pairs have masks of different sizes" in caplog.text
     # a result with fewer frames than the video: frames past its end are ignored (zip)
@@ -261,7 +262,7 @@ def test_random_fast_equals_reference(seed):
 def test_batched_iou_call_splitting(seed, monkeypatch):
     """Tiny call / canvas / group bounds: many batched iou calls, one group per canvas, groups split
     between the batched and per-frame paths; same numbers."""
-    import vis_eval.eval.ytviseval as fast_mod
+    import vis_eval.evaluation.ytviseval as fast_mod
 
     rng = np.random.default_rng(2000 + seed)
     gt, res = random_gt_and_results(rng, **CONFIGS[seed % len(CONFIGS)])

@@ -9,21 +9,28 @@ import pycocotools.mask as mask_util
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from random_vis_cases import random_gt_and_results
+
 from vis_eval import evaluate as evaluate_cli
 from vis_eval import validate as validate_cli
-from vis_eval.eval import evaluate, segm_to_rle
-from vis_eval.eval.random_cases import random_gt_and_results
-from vis_eval.evaluator import YTVISEvaluator, dataset_dicts_to_ytvis_gt
-from vis_eval.results import (
-    encode_mask,
-    load_results_file,
+from vis_eval.data.ytvis import load_ytvis_json, register_ytvis_instances
+from vis_eval.evaluation import (
+    evaluate,
+    load_results,
     malformed_masks,
     normalize_results,
     validate_results,
     write_results_json,
     write_submission_zip,
 )
-from vis_eval.ytvis import load_ytvis_json, register_ytvis_instances
+from vis_eval.evaluation.evaluator import YTVISEvaluator, dataset_dicts_to_ytvis_gt
+from vis_eval.file_io import read_json
+from vis_eval.rle import encode_masks, segm_to_rle
+
+
+def encode_mask(mask):
+    """Compressed RLE of one (H, W) bool mask."""
+    return encode_masks(np.asarray(mask)[None])[0]
 
 
 def _perfect(gt):
@@ -50,16 +57,16 @@ def case():
     return gt, res
 
 
-def test_encode_mask_roundtrip():
+def test_encode_masks_roundtrip():
     m = np.zeros((5, 7), bool)
     m[1:4, 2:6] = True
-    r = encode_mask(m)
+    (r,) = encode_masks(m[None])
     assert isinstance(r["counts"], str) and r["size"] == [5, 7]
     assert np.array_equal(mask_util.decode(r).astype(bool), m)
     torch = pytest.importorskip("torch")
-    assert encode_mask(torch.from_numpy(m)) == r
-    with pytest.raises(ValueError):
-        encode_mask(np.zeros((2, 2, 2)))
+    assert encode_masks(torch.from_numpy(m)[None]) == [r]
+    with pytest.raises(ValueError, match="N, H, W"):
+        encode_masks(m)
 
 
 def test_write_zip_and_load(tmp_path, case):
@@ -76,7 +83,7 @@ def test_write_zip_and_load(tmp_path, case):
         z = write_submission_zip(src, tmp_path / "results.zip")
         with zipfile.ZipFile(z) as zf:
             assert zf.namelist() == ["results.json"]
-        assert load_results_file(z) == loaded
+        assert read_json(z) == loaded and load_results(z) == loaded
     # the evaluator reads the zip directly
     assert np.array_equal(evaluate(gt, str(tmp_path / "results.zip")).stats, evaluate(gt, loaded).stats)
 

@@ -9,8 +9,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from vis_eval.synthetic_video import mask_to_uncompressed_rle
-from vis_eval.ytvis import (
+from vis_eval.data.ytvis import (
     OVIS_CATEGORIES,
     YTVIS_2019_CATEGORIES,
     YTVIS_2019_TO_2021,
@@ -18,10 +17,10 @@ from vis_eval.ytvis import (
     YTVIS_2021_TO_2019,
     get_ytvis_metadata,
     load_ytvis_json,
-    map_category_ids,
     register_all_ytvis,
     register_ytvis_instances,
 )
+from vis_eval.rle import mask_to_uncompressed_rle
 
 H, W = 8, 10
 
@@ -204,8 +203,3 @@ def test_category_lists_and_mapping():
     assert all(YTVIS_2019_TO_2021[v] == k for k, v in YTVIS_2021_TO_2019.items())
     meta = get_ytvis_metadata("ytvis_2019")
     assert meta["thing_dataset_id_to_contiguous_id"][40] == 39 and len(meta["thing_colors"]) == 40
-    res = [
-        {"video_id": 1, "category_id": 1, "score": 0.5, "segmentations": []},
-        {"video_id": 1, "category_id": 7},
-    ]
-    assert map_category_ids(res, YTVIS_2019_TO_2021) == [dict(res[0], category_id=26)]

@@ -1,5 +1,5 @@
-"""Test doubles for video inference: a deterministic "model" that returns ground truth, and an
-associator that reads the ground-truth track ids (so runner + results + evaluator can be checked
+"""Test doubles for video inference: a deterministic "model" that returns ground truth, and a
+tracker that reads the ground-truth track ids (so runner + results + evaluator can be checked
 exactly, independently of any tracker or trained model); and the video tests' shared fixture."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.structures import BitMasks, Instances
-
-from vis_eval.tracker import Associator
+from detectron2.tracking.base_tracker import BaseTracker
 
 
 @pytest.fixture(autouse=True)
@@ -82,16 +81,9 @@ class OracleModel(torch.nn.Module):
         return [{"instances": gt_instances(self.gt[video_id][t], (height, width))}]
 
 
-class GroundTruthAssociator(Associator):
-    """pred_ids = the ground-truth track ids carried by :class:`OracleModel` outputs."""
+class GroundTruthTracker(BaseTracker):
+    """``ID`` = the ground-truth track ids carried by :class:`OracleModel` outputs."""
 
-    def __init__(self):
-        self.resets = 0
-
-    def reset(self) -> None:
-        self.resets += 1
-
-    def __call__(self, output: dict) -> Instances:
-        inst = output["instances"]
-        inst.pred_ids = inst.gt_ids.clone()
-        return inst
+    def update(self, instances: Instances) -> Instances:
+        instances.ID = instances.gt_ids.tolist()
+        return instances

@@ -27,13 +27,11 @@ import cv2
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from centermask import add_centermask_config
-from sipmask import add_sipmask_config
-from vis_eval.config import add_vis_eval_config
+from onestage.config import get_cfg
 
 # Stage name -> dotted paths of the submodules it covers (those present in a model are hooked).
 STAGES: dict[str, tuple[str, ...]] = {
@@ -49,9 +47,6 @@ STAGES: dict[str, tuple[str, ...]] = {
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = get_cfg()
-    add_centermask_config(cfg)
-    add_sipmask_config(cfg)
-    add_vis_eval_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = args.device

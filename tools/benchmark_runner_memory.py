@@ -62,7 +62,7 @@ class PeakRSS:
 
 def synthetic_frames(num_frames: int, height: int, width: int, num_objects: int, seed: int = 0):
     """Yields (BGR uint8 (H, W, 3) frame, bool (K, H, W) visible masks, class ids (K,)) lazily."""
-    from vis_eval.shapes import paint, random_shape, render_background
+    from vis_eval.data.shapes import paint, random_shape, render_background
 
     rng = np.random.default_rng(seed)
     background = render_background(rng, height, width)
@@ -107,35 +107,26 @@ class ShapeOracle:
 def worker(args: argparse.Namespace, num_frames: int) -> dict:
     import torch
 
-    from vis_eval.runner import VideoRunner
-    from vis_eval.tracker import MaskIoUTracker
+    from vis_eval.video import MaskIoUTracker, VideoResultBuilder, VideoRunner
 
     torch.set_num_threads(args.threads)
     source = synthetic_frames(num_frames, args.height, args.width, args.objects)
     frames_only = _FrameTee(source)
     if args.config_file:
-        from detectron2.config import get_cfg
         from detectron2.modeling import build_model
 
-        from centermask import add_centermask_config
-        from sipmask import add_sipmask_config
-        from vis_eval.tracker import add_tracker_config
+        from onestage.config import get_cfg
 
         cfg = get_cfg()
-        add_centermask_config(cfg)
-        add_sipmask_config(cfg)
-        add_tracker_config(cfg)
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
         cfg.MODEL.DEVICE = "cpu"
         model = build_model(cfg).eval()
-        runner = VideoRunner.from_config(cfg, model, MaskIoUTracker())
+        runner = VideoRunner.from_config(cfg, model, MaskIoUTracker)
         model_name = Path(args.config_file).name
     else:
-        runner = VideoRunner(ShapeOracle(frames_only.masks()), MaskIoUTracker())
+        runner = VideoRunner(ShapeOracle(frames_only.masks()), MaskIoUTracker)
         model_name = f"shape oracle ({args.objects} objects)"
-
-    from vis_eval.runner import VideoResultBuilder
 
     builder = VideoResultBuilder()
     stream = runner.stream(frames_only.frames(), builder=builder)

@@ -3,8 +3,8 @@
 
 Writes a synthetic 100-video ground truth and results file (random tracks; results are jittered
 copies of the GT tracks plus false positives, as a tracker would produce), reads them, evaluates
-them with ``vis_eval.eval.evaluate`` and with the loop transcription
-``vis_eval.eval.reference_evaluate`` (the official YouTube-VIS API's algorithm and loop structure),
+them with ``vis_eval.evaluation.evaluate`` and with the loop transcription
+``vis_eval.evaluation.reference_evaluate`` (the official YouTube-VIS API's algorithm and loop structure),
 checks that the results are identical and prints both times and the ratio (evaluation only, and
 including the JSON parsing both need).
 
@@ -31,8 +31,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vis_eval.eval import evaluate, format_summary, reference_evaluate
-from vis_eval.eval.random_cases import random_gt_and_results
+from vis_eval.evaluation import evaluate, format_summary, reference_evaluate
+
+TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
 # random-data regimes: frames of 240-480 px, 15-36 frames per video, 40 categories; results are
 # jittered copies of the GT tracks (1-3 per object) plus false positives (2-6 per video)
@@ -48,6 +49,9 @@ REGIMES = {
 
 def make_files(out_dir: str, n_videos: int, seed: int, regime: str = "crowded") -> tuple[str, str]:
     """Write ``gt.json`` and ``results.json`` with ``n_videos`` random videos; return their paths."""
+    sys.path.insert(0, TESTS_DIR)  # the random cases generator is a test fixture (tests/random_vis_cases.py)
+    from random_vis_cases import random_gt_and_results
+
     rng = np.random.default_rng(seed)
     gt, results = random_gt_and_results(
         rng,
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"max |stats difference| = {diff:.3g}, identical precision/recall arrays: {same}")
     print(f"reading the two JSON files (common to both): {t_json:8.3f} s")
     print(f"reference (per-pair loops):                  {t_ref:8.3f} s")
-    print(f"vis_eval.eval.evaluate:                      {t_fast:8.3f} s")
+    print(f"vis_eval.evaluation.evaluate:                {t_fast:8.3f} s")
     print(f"speed-up:                                    {t_ref / t_fast:8.1f}x")
     print(f"speed-up including reading the files:        {(t_ref + t_json) / (t_fast + t_json):8.1f}x")
     if not same or diff > 1e-12:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from onestage.checkpoint import strip_prefix
+
 # layout name -> "module:function"; each function maps an authors' state dict to ours.
 LAYOUTS: dict[str, str] = {
     "centermask2": "centermask.convert:convert_centermask2",
@@ -49,7 +51,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise SystemExit(f"{path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return strip_prefix(obj)
 
 
 def main(argv: list[str] | None = None) -> int:

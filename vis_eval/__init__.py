@@ -1,14 +1,11 @@
-"""vis_eval: synthetic data, YouTube-VIS data and video evaluation for onestage-seg.
+"""vis_eval: video instance segmentation data, streaming video inference and YouTube-VIS evaluation.
 
-Importing the package registers the builtin datasets (generated or read lazily, on first use):
-``synthetic_shapes_*`` (images), ``synthetic_vis_*`` (videos), ``ytvis_{2019,2021,2022}_*`` and
-``ovis_*`` under ``$DETECTRON2_DATASETS``.
+By role (importing ``vis_eval`` itself imports nothing, neither torch nor Detectron2):
+
+* :mod:`vis_eval.data`: dataset registration (on import), synthetic datasets, the clip mapper;
+* :mod:`vis_eval.video`: frame sources, the streaming runner, per-video results, trackers;
+* :mod:`vis_eval.evaluation`: the exact YouTube-VIS video AP, results files, ``YTVISEvaluator``;
+* :mod:`vis_eval.rle`, :mod:`vis_eval.file_io`: torch-free RLE and JSON / zip helpers;
+* :mod:`vis_eval.config`: ``add_vis_eval_config(cfg)``;
+* ``python -m vis_eval.evaluate`` / ``python -m vis_eval.validate``: the commands (no torch).
 """
-
-from .synthetic import register_synthetic_shapes
-from .synthetic_video import register_synthetic_vis
-from .ytvis import register_all_ytvis
-
-register_synthetic_shapes()
-register_synthetic_vis()
-register_all_ytvis()

@@ -1,85 +1,13 @@
-"""Evaluate a YouTube-VIS results file against annotations with the exact video AP.
+"""``python -m vis_eval.evaluate GT.json RESULTS.json|results.zip [--per-category] [--json OUT]``.
 
-    python -m vis_eval.evaluate GT.json RESULTS.json|results.zip [--per-category] [--json OUT]
-
-Prints the 12 stats (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l); -1 marks an undefined stat.
-Result masks whose RLE does not decode to its stated size are refused first (pycocotools would loop
-forever on them); ``--no-mask-check`` skips that check, which decodes every result RLE string and
-takes about as long as the evaluation (longer on sparse files).
+Prints the exact YouTube-VIS video AP of a results file; see :mod:`vis_eval.evaluation.commands`.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import logging
 import sys
-import time
 
-from .eval import evaluate, format_summary, load_gt, load_results, reference_evaluate
-from .results import malformed_masks
+from .evaluation.commands import evaluate_main as main
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="YouTube-VIS video AP")
-    parser.add_argument("gt", help="annotation JSON with 'annotations'")
-    parser.add_argument("results", help="results JSON (list of video instances) or submission zip")
-    parser.add_argument("--per-category", action="store_true", help="also print AP per category")
-    parser.add_argument("--json", default=None, help="write the stats (and per-category AP) to this file")
-    parser.add_argument("--reference", action="store_true", help="use the slow plain-loop implementation")
-    parser.add_argument(
-        "--no-mask-check", action="store_true", help="skip decoding every result RLE to check its size"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-
-    try:
-        gt = load_gt(args.gt)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not gt.get("annotations"):
-        print(
-            f"error: {args.gt} has no annotations (valid/test splits are scored by the server)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        results = load_results(args.results)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not args.no_mask_check:
-        msgs, n_bad = malformed_masks(results)
-        if n_bad:
-            for m in msgs:
-                print(f"error: {m}", file=sys.stderr)
-            print(f"error: {n_bad} malformed result mask(s) in {args.results}", file=sys.stderr)
-            return 2
-    start = time.perf_counter()
-    try:
-        res = (reference_evaluate if args.reference else evaluate)(gt, results)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    elapsed = time.perf_counter() - start
-    print(format_summary(res.stats, res.params))
-    names = {c["id"]: c.get("name", str(c["id"])) for c in gt["categories"]}
-    per_cat = res.per_category_ap()
-    if args.per_category:
-        print()
-        for cat, ap in per_cat.items():
-            print(f"AP {names.get(cat, cat):<24} {ap:7.4f}")
-    print(f"\nevaluated {len(res.vid_ids)} videos, {len(res.cat_ids)} categories in {elapsed:.2f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"stats": res.as_dict(), "per_category_ap": {names.get(k, k): v for k, v in per_cat.items()}},
-                f,
-                indent=1,
-            )
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,16 +1,9 @@
-"""Importing this package registers CenterMask's backbones, FCOS and RoI heads with Detectron2."""
+"""Importing this package registers CenterMask's RoI heads with Detectron2 (its backbones and the FCOS
+proposal generator are the shared core's, registered by ``import onestage``)."""
 
-from . import backbone, fcos, roi_heads
-from .fcos import FCOS, FCOSHead
+import onestage  # noqa: F401  (FCOS and the VoVNet / MobileNetV2 FPN backbones of the configs)
+
+from . import roi_heads
 from .roi_heads import CenterROIHeads, MaskIoUHead, SpatialAttentionMaskHead
 
-__all__ = [
-    "FCOS",
-    "CenterROIHeads",
-    "FCOSHead",
-    "MaskIoUHead",
-    "SpatialAttentionMaskHead",
-    "backbone",
-    "fcos",
-    "roi_heads",
-]
+__all__ = ["CenterROIHeads", "MaskIoUHead", "SpatialAttentionMaskHead", "roi_heads"]

@@ -9,6 +9,7 @@ are rasterised once at the original size and then cropped / padded / resized as 
 from __future__ import annotations
 
 import copy
+import os
 
 import cv2
 import numpy as np
@@ -143,20 +144,43 @@ class SSDDatasetMapper:
         flip_prob: float = 0.5,
         seed: int | None = None,
     ):
+        """
+        Args:
+            seed: ``None`` (training): every call seeds its draws from the global numpy RNG, which
+                Detectron2 reseeds per data-loader worker (``seed_all_rng``), so workers differ and
+                a seeded run repeats. An int: a private stream per process, split by worker id.
+        """
         self.image_format = image_format
         self.size = tuple(size)
         self.mean = tuple(mean)
         self.flip_prob = flip_prob
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+        self._rng_pid: int | None = None
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, is_train: bool = True):
+        if not is_train:
+            raise ValueError("SSDDatasetMapper is a training mapper; inference resizes inside the model")
         size = cfg.MODEL.SIPMASK.FIXED_INPUT_SIZE_TRAIN
         if not size:
             raise ValueError("the SSD augmentation needs MODEL.SIPMASK.FIXED_INPUT_SIZE_TRAIN")
         if cfg.INPUT.FORMAT != "BGR":
             raise ValueError("the SSD augmentation fills with the BGR pixel mean: use INPUT.FORMAT BGR")
         return {"image_format": cfg.INPUT.FORMAT, "size": tuple(size), "mean": tuple(cfg.MODEL.PIXEL_MEAN)}
+
+    def _generator(self) -> np.random.Generator:
+        """The generator for one call. A generator created once and copied into every data-loader
+        worker would replay the same draws in each, so without ``seed`` each call seeds a fresh one
+        from the global numpy RNG; with ``seed`` one is (re)built in each process from
+        ``(seed, worker id)``."""
+        if self.seed is None:
+            return np.random.default_rng(np.random.randint(2**63 - 1, dtype=np.int64))
+        if self._rng is None or self._rng_pid != os.getpid():
+            info = torch.utils.data.get_worker_info()
+            self._rng = np.random.default_rng([self.seed, 0 if info is None else info.id + 1])
+            self._rng_pid = os.getpid()
+        return self._rng
 
     def __call__(self, dataset_dict: dict) -> dict:
         d = copy.deepcopy(dataset_dict)
@@ -168,7 +192,7 @@ class SSDDatasetMapper:
         classes = inst.gt_classes.numpy()
         masks = inst.gt_masks.tensor.numpy() if len(annos) else np.zeros((0, h, w), dtype=bool)
 
-        rng = self.rng
+        rng = self._generator()
         img = photometric_distortion(img, rng)
         img, boxes, masks = expand(img, boxes, masks, rng, self.mean)
         img, boxes, classes, masks = min_iou_random_crop(img, boxes, classes, masks, rng)

@@ -1,19 +1,15 @@
-from .backbone import (
-    DeformBottleneckBlock,
-    build_sipmask_resnet_backbone,
-    build_sipmask_resnet_fpn_backbone,
-)
-from .crop_split import crop_split, crop_split_gt, crop_split_probs
+"""Importing this package registers the ``SipMask`` meta-architecture and its FPN backbone."""
+
+from .backbone import SipMaskFPN, build_sipmask_resnet_fpn_backbone
+from .crop_split import crop_split, crop_split_gt
 from .head import SipMaskHead
 from .meta_arch import SipMask
 
 __all__ = [
-    "DeformBottleneckBlock",
     "SipMask",
+    "SipMaskFPN",
     "SipMaskHead",
-    "build_sipmask_resnet_backbone",
     "build_sipmask_resnet_fpn_backbone",
     "crop_split",
     "crop_split_gt",
-    "crop_split_probs",
 ]

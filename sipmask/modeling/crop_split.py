@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["box_quadrants", "crop_split", "crop_split_gt", "crop_split_probs"]
+__all__ = ["box_quadrants", "crop_split", "crop_split_gt"]
 
 
 def box_quadrants(boxes: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -44,23 +44,6 @@ def _quadrant_selectors(boxes: Tensor, height: int, width: int) -> list[Tensor]:
     rows = [inside_y & ~bottom, inside_y & bottom]
     cols = [inside_x & ~right, inside_x & right]
     return [rows[q // 2][:, :, None] & cols[q % 2][:, None, :] for q in range(4)]
-
-
-def crop_split_probs(sub_masks: Tensor, boxes: Tensor) -> Tensor:
-    """Assemble from precomputed sub-masks.
-
-    Args:
-        sub_masks: (N, 4, H, W) per-quadrant values (probabilities), quadrant order TL, TR, BL, BR.
-        boxes: (N, 4) mask-grid boxes.
-    Returns:
-        (N, H, W): the chosen quadrant's value inside the box, 0 outside. Gradients reach only the
-        chosen quadrant at inside pixels.
-    """
-    n, _, h, w = sub_masks.shape
-    out = sub_masks.new_zeros((n, h, w))
-    for q, sel in enumerate(_quadrant_selectors(boxes, h, w)):
-        out = torch.where(sel, sub_masks[:, q], out)
-    return out
 
 
 def crop_split(basis: Tensor, coeffs: Tensor, boxes: Tensor) -> Tensor:

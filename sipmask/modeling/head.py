@@ -15,9 +15,9 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
-from centermask.layers import DeformConv
+from onestage.layers import DeformConv, Scale
 
-__all__ = ["ConvModule", "FeatureAlign", "Scale", "SipMaskHead"]
+__all__ = ["ConvModule", "FeatureAlign", "SipMaskHead"]
 
 
 class ConvModule(nn.Module):
@@ -50,17 +50,6 @@ class ConvModule(nn.Module):
         if self.gn is not None:
             x = self.gn(x)
         return F.relu(x) if self.activation else x
-
-
-class Scale(nn.Module):
-    """A learnable 0-d multiplier (mmdet ``Scale``)."""
-
-    def __init__(self, init: float = 1.0):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(init)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
 
 
 class FeatureAlign(nn.Module):

@@ -9,10 +9,9 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from torch import Tensor
 from torchvision.ops import nms
 
-from centermask.modeling.fcos.losses import iou_loss
+from onestage.layers import iou_loss, plus_one_boxes
 
 from .crop_split import crop_split, crop_split_gt
-from .inference import plus_one_boxes
 
 __all__ = [
     "box_iou_pairwise",
@@ -32,22 +31,17 @@ def iou_loss_plus1(pred: Tensor, target: Tensor, weight: Tensor, plus_one: bool 
     """
     if pred.numel() == 0:
         return pred.sum() * 0
-    e = 1.0 if plus_one else 0.0
-    iw = (torch.minimum(pred[:, 0], target[:, 0]) + torch.minimum(pred[:, 2], target[:, 2]) + e).clamp(min=0)
-    ih = (torch.minimum(pred[:, 1], target[:, 1]) + torch.minimum(pred[:, 3], target[:, 3]) + e).clamp(min=0)
-    inter = iw * ih
-    area_p = (pred[:, 0] + pred[:, 2] + e) * (pred[:, 1] + pred[:, 3] + e)
-    area_t = (target[:, 0] + target[:, 2] + e) * (target[:, 1] + target[:, 3] + e)
-    iou = inter / (area_p + area_t - inter)
-    loss = -torch.log(iou.clamp(min=1e-6))
+    loss = iou_loss(pred, target, "iou", plus_one=plus_one, min_iou=1e-6)
     return (loss * weight).sum() / weight.sum()
 
 
 def giou_loss_benchmark(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """SipMask-benchmark GIoU loss on stride-unit distances; returns the weighted *sum*."""
+    """SipMask-benchmark GIoU loss on stride-unit distances (AdelaiDet flavour, enclosing-area
+    epsilon 1e-7); returns the weighted *sum*."""
     if pred.numel() == 0:
         return pred.sum() * 0
-    return (iou_loss(pred, target, "giou", enclose_eps=1e-7) * weight).sum()
+    loss = iou_loss(pred, target, "giou", smooth=1.0, clamp_overlap=False, enclose_eps=1e-7)
+    return (loss * weight).sum()
 
 
 def box_iou_pairwise(a: Tensor, b: Tensor, plus_one: bool = True) -> Tensor:

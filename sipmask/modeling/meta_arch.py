@@ -7,33 +7,25 @@ import math
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
-from detectron2.utils import comm
 from fvcore.nn import sigmoid_focal_loss
 from torch import Tensor
 
-from centermask.modeling.fcos.locations import compute_locations
-from centermask.modeling.fcos.targets import (
+from onestage.fcos import (
     centerness_targets,
+    compute_locations,
     fcos_assign_targets,
     per_location_stride_and_range,
+    select_fcos_detections,
 )
+from onestage.layers import distance_to_boxes, fast_nms, multiclass_nms, plus_one_boxes, reduce_mean
 
 from .crop_split import crop_split
 from .head import SipMaskHead
-from .inference import (
-    benchmark_select,
-    decode_boxes,
-    fast_nms,
-    multiclass_nms,
-    plus_one_boxes,
-    pre_nms_topk_locations,
-)
 from .losses import (
     giou_loss_benchmark,
     iou_loss_plus1,
@@ -42,7 +34,7 @@ from .losses import (
     rescoring_targets,
 )
 
-__all__ = ["SipMask", "gt_masks_on_grid"]
+__all__ = ["SipMask", "gt_masks_on_grid", "pre_nms_topk_locations"]
 
 _MASK_CHUNK = 16  # masks upsampled to the output size at a time (bounds memory at 800x1333)
 
@@ -68,6 +60,15 @@ def gt_masks_on_grid(instances: Instances, canvas_hw: tuple[int, int]) -> Tensor
     if t.shape[0] == 0:
         return t.new_zeros((0, pad_h // 2, pad_w // 2))
     return (F.avg_pool2d(t[:, None], 2)[:, 0] > 0.5).float()
+
+
+def pre_nms_topk_locations(cls_probs: Tensor, ctr_probs: Tensor, k: int) -> Tensor:
+    """mmdet per-level pre-NMS selection: the indices of the ``k`` locations with the largest
+    ``max_c(cls_c * ctr)`` (all locations, in order, when there are at most ``k``)."""
+    num = cls_probs.shape[0]
+    if num <= k:
+        return torch.arange(num, device=cls_probs.device)
+    return (cls_probs * ctr_probs[:, None]).amax(dim=1).topk(k).indices
 
 
 def _resize_instances(inst: Instances, new_hw: tuple[int, int]) -> Instances:
@@ -335,7 +336,7 @@ class SipMask(DenseDetector):
             if p.numel() == 0:
                 continue
             d = reg[i, p].detach() * strides[p, None]
-            pred_boxes = decode_boxes(locations[p], d) / 2
+            pred_boxes = distance_to_boxes(locations[p], d) / 2
             gt_idx = matched[i][p]
             cls_probs = torch.sigmoid(cls[i, p, labels_t[i, p]]).detach()
             loss_i, kept_masks, keep = mask_alignment_loss(
@@ -421,7 +422,7 @@ class SipMask(DenseDetector):
         h, w = input_hw
         if self.inference_mode == "benchmark":
             boxes = self._clipped_boxes(locations, distances, input_hw)
-            rows, classes, scores = benchmark_select(
+            rows, classes, scores = select_fcos_detections(
                 list(boxes.split(counts)),
                 list(cls_probs.split(counts)),
                 list(ctr_probs.split(counts)),
@@ -429,7 +430,7 @@ class SipMask(DenseDetector):
                 self.pre_nms_topk,
                 self.nms_thresh,
                 self.max_dets,
-                self.box_plus_one,
+                plus_one=self.box_plus_one,
             )
             boxes = boxes[rows]
         else:
@@ -483,7 +484,7 @@ class SipMask(DenseDetector):
         h, w = input_hw
         e = 1.0 if self.box_plus_one else 0.0
         max_xy = torch.tensor([w - e, h - e, w - e, h - e], device=locations.device)
-        return decode_boxes(locations, distances).clamp(min=0).minimum(max_xy)
+        return distance_to_boxes(locations, distances).clamp(min=0).minimum(max_xy)
 
     def _paste_masks(self, soft: Tensor, scale: tuple[float, float], output_hw: tuple[int, int]) -> Tensor:
         """Upsample cropped soft masks by ``2 / scale`` (explicit floor size, bilinear), threshold and
@@ -501,11 +502,7 @@ class SipMask(DenseDetector):
         return out
 
 
+
 def _all_reduce_mean(value: float, device: torch.device) -> float:
-    """Mean of ``value`` over all processes."""
-    world = comm.get_world_size()
-    if world == 1:
-        return value
-    t = torch.tensor(value, device=device)
-    dist.all_reduce(t)
-    return float(t) / world
+    """Mean of the float ``value`` over all processes."""
+    return float(reduce_mean(torch.tensor(value, device=device)))

@@ -106,7 +106,10 @@ def build_maskiou_head(cfg, input_shape: ShapeSpec) -> nn.Module:
 
 def _polygon_fraction_in_box(polygons: list[np.ndarray], box: np.ndarray, full_area: float) -> float:
     x1, y1, x2, y2 = box
-    height, width = int(y2 - y1), int(x2 - x1)  # truncation, as centermask2
+    # float32 differences then truncation, as centermask2 on its float32 boxes (float64 can differ
+    # by one pixel, e.g. 100 - 1e-6 is 100.0 in float32)
+    height = int(np.float32(y2) - np.float32(y1))
+    width = int(np.float32(x2) - np.float32(x1))
     inside = 0.0
     if height > 0 and width > 0:
         shifted = []

@@ -1,0 +1,110 @@
+"""Non-maximum suppression of dense detectors, on one image: greedy multiclass NMS and YOLACT's Fast
+NMS (class-wise and cross-class)."""
+
+from __future__ import annotations
+
+import torch
+from detectron2.layers import batched_nms
+from torch import Tensor
+
+from .boxes import plus_one_boxes
+
+__all__ = ["fast_nms", "fast_nms_cross_class", "multiclass_nms", "pairwise_iou_batched"]
+
+
+def multiclass_nms(
+    boxes: Tensor,
+    cls_probs: Tensor,
+    ctr_probs: Tensor,
+    score_thresh: float,
+    nms_thresh: float,
+    max_dets: int,
+    plus_one: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Threshold the raw class probability, score ``cls * ctr``, greedy NMS per class, keep the top
+    ``max_dets`` (mmdet's ``multiclass_nms`` with a centerness factor).
+
+    Args:
+        boxes: (L, 4); cls_probs: (L, C); ctr_probs: (L,).
+    Returns:
+        rows (D,) into the L locations, classes (D,), scores (D,), sorted by score.
+    """
+    rows, classes = torch.nonzero(cls_probs > score_thresh, as_tuple=True)
+    scores = cls_probs[rows, classes] * ctr_probs[rows]
+    keep = batched_nms(plus_one_boxes(boxes[rows], plus_one), scores, classes, nms_thresh)[:max_dets]
+    return rows[keep], classes[keep], scores[keep]
+
+
+def pairwise_iou_batched(boxes: Tensor) -> Tensor:
+    """(C, K, 4) -> (C, K, K) continuous IoU (no "+1") of every pair within each row."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area[:, :, None] + area[:, None, :] - inter)
+
+
+def _empty(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    return empty, empty, scores.new_zeros(0)
+
+
+def fast_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    score_thresh: float,
+    iou_thresh: float,
+    top_k: int = 200,
+    max_dets: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Class-wise Fast NMS (YOLACT): per class, the ``top_k`` highest-scored boxes; a box is dropped
+    when *any* higher-scored box of its class overlaps it by more than ``iou_thresh``, suppressed or
+    not, or when its score is ``<= score_thresh``.
+
+    Args:
+        boxes: (L, 4); scores: (L, C).
+    Returns:
+        rows (D,), classes (D,), scores (D,), sorted by score, D <= ``max_dets``.
+    """
+    num, num_classes = scores.shape
+    k = min(top_k, num)
+    if k == 0:
+        return _empty(boxes, scores)
+    top_scores, idx = scores.t().sort(dim=1, descending=True)
+    top_scores, idx = top_scores[:, :k], idx[:, :k]  # (C, k)
+    iou = pairwise_iou_batched(boxes[idx]).triu(diagonal=1)
+    iou_max = iou.amax(dim=1)  # (C, k): max IoU with any higher-scored box
+    keep = (iou_max <= iou_thresh) & (top_scores > score_thresh)
+    classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)[keep]
+    rows, kept_scores = idx[keep], top_scores[keep]
+    order = kept_scores.argsort(descending=True)[:max_dets]
+    return rows[order], classes[order], kept_scores[order]
+
+
+def fast_nms_cross_class(
+    boxes: Tensor,
+    scores: Tensor,
+    score_thresh: float,
+    iou_thresh: float,
+    top_k: int = 200,
+    max_dets: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cross-class Fast NMS (YOLACT / STMask default): each box takes its best class; the ``top_k``
+    boxes by that score suppress each other whatever their classes, with the Fast NMS rule of
+    :func:`fast_nms`.
+
+    Args:
+        boxes: (L, 4); scores: (L, C).
+    Returns:
+        rows (D,), classes (D,), scores (D,), sorted by score, D <= ``max_dets``.
+    """
+    if scores.shape[0] == 0 or top_k == 0:
+        return _empty(boxes, scores)
+    best, classes = scores.max(dim=1)
+    top_scores, idx = best.sort(descending=True)
+    top_scores, idx = top_scores[:top_k], idx[:top_k]
+    iou = pairwise_iou_batched(boxes[idx][None])[0].triu(diagonal=1)
+    keep = (iou.amax(dim=0) <= iou_thresh) & (top_scores > score_thresh)
+    rows, kept_scores = idx[keep][:max_dets], top_scores[keep][:max_dets]
+    return rows, classes[rows], kept_scores

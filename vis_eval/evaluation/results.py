@@ -1,0 +1,304 @@
+"""YouTube-VIS results files: writing, zipping for the server, validation (spec §3).
+
+A results file is a JSON list of video instances::
+
+    {"video_id": int, "category_id": int (dataset id), "score": float,
+     "segmentations": [{"size": [H, W], "counts": str} or null] * T}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..file_io import read_json
+from ..rle import decode_counts, json_rle
+
+__all__ = [
+    "normalize_results",
+    "write_results_json",
+    "write_submission_zip",
+    "ValidationReport",
+    "validate_results",
+    "malformed_masks",
+]
+
+_RLE_CHARS = re.compile(r"^[0-o]*$")  # compressed RLE uses the characters 48..111
+
+
+def normalize_results(results: list[dict]) -> list[dict]:
+    """JSON-ready copies: Python ints/floats, RLE ``counts`` as str, no extra keys."""
+    out = []
+    for r in results:
+        out.append(
+            {
+                "video_id": int(r["video_id"]),
+                "category_id": int(r["category_id"]),
+                "score": float(r["score"]),
+                "segmentations": [json_rle(s) if isinstance(s, dict) else s for s in r["segmentations"]],
+            }
+        )
+    return out
+
+
+def write_results_json(results: list[dict], path: str | os.PathLike) -> str:
+    """Write the results list as JSON (normalised); returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(normalize_results(results), f)
+    return path
+
+
+def write_submission_zip(results: list[dict] | str | os.PathLike, zip_path: str | os.PathLike) -> str:
+    """Zip a results list (or an existing results JSON file) as ``results.json`` at the archive root,
+    the layout the CodaLab servers expect (spec §3.2); returns the zip path."""
+    zip_path = os.fspath(zip_path)
+    os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        if isinstance(results, list):
+            zf.writestr("results.json", json.dumps(normalize_results(results)))
+        else:
+            zf.write(os.fspath(results), arcname="results.json")
+    return zip_path
+
+
+@dataclass
+class ValidationReport:
+    """Problems found by :func:`validate_results`: errors make the file unusable, warnings do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    n_errors: int = 0
+    n_warnings: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.n_errors == 0
+
+    def __str__(self) -> str:
+        lines = [f"ERROR: {m}" for m in self.errors]
+        if self.n_errors > len(self.errors):
+            lines.append(f"... and {self.n_errors - len(self.errors)} more errors")
+        lines += [f"warning: {m}" for m in self.warnings]
+        if self.n_warnings > len(self.warnings):
+            lines.append(f"... and {self.n_warnings - len(self.warnings)} more warnings")
+        lines.append("OK" if self.ok else f"{self.n_errors} error(s)")
+        return "\n".join(lines)
+
+    def raise_if_invalid(self) -> None:
+        if not self.ok:
+            raise ValueError(f"invalid results:\n{self}")
+
+
+def _videos_and_categories(gt: Any) -> tuple[dict[int, tuple[int, int, int]], set[int] | None]:
+    """``{video_id: (length, height, width)}`` and the dataset category ids (None if unknown)."""
+    if isinstance(gt, (str, os.PathLike)) and not os.path.exists(os.fspath(gt)):
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+
+        from .. import data  # noqa: F401  (registers the builtin datasets)
+
+        name = os.fspath(gt)
+        if name not in DatasetCatalog.list():
+            raise FileNotFoundError(f"{name} is neither a file nor a registered dataset")
+        meta = MetadataCatalog.get(name)
+        json_file = meta.get("json_file")
+        if json_file and os.path.isfile(json_file):
+            return _videos_and_categories(json_file)
+        cats = meta.get("thing_dataset_id_to_contiguous_id")
+        videos, _ = _videos_and_categories(DatasetCatalog.get(name))
+        return videos, set(cats) if cats else None
+    if isinstance(gt, (str, os.PathLike)):
+        gt = read_json(gt)
+    if isinstance(gt, dict):
+        videos = {
+            v["id"]: (int(v.get("length", len(v["file_names"]))), int(v["height"]), int(v["width"]))
+            for v in gt["videos"]
+        }
+        return videos, {c["id"] for c in gt.get("categories", [])} or None
+    if isinstance(gt, list):  # dataset dicts
+        return {d["video_id"]: (len(d["file_names"]), int(d["height"]), int(d["width"])) for d in gt}, None
+    raise TypeError(f"unsupported ground truth type {type(gt).__name__}")
+
+
+def _is_int(x: Any) -> bool:
+    return type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
+
+
+def validate_results(
+    results: Any,
+    gt: Any,
+    *,
+    max_messages: int = 20,
+    check_counts: bool = True,
+    max_dets: int = 100,
+) -> ValidationReport:
+    """Check a results list (or file path) against the dataset before evaluation or upload.
+
+    Args:
+        results: results list, or a path to a ``.json`` / submission zip (:func:`vis_eval.file_io.read_json`).
+        gt: GT/valid/test JSON (path or dict), a registered dataset name, or a list of video dicts.
+        max_messages: messages kept per kind (all are counted).
+        check_counts: decode every RLE string and check that its runs cover exactly ``H x W`` pixels.
+        max_dets: warn about (video, category) pairs with more tracks (the extra ones are ignored).
+    """
+    rep = ValidationReport()
+
+    def err(msg: str) -> None:
+        rep.n_errors += 1
+        if len(rep.errors) < max_messages:
+            rep.errors.append(msg)
+
+    def warn(msg: str) -> None:
+        rep.n_warnings += 1
+        if len(rep.warnings) < max_messages:
+            rep.warnings.append(msg)
+
+    if not isinstance(results, list):
+        try:
+            results = read_json(results) if isinstance(results, (str, os.PathLike)) else results
+        except (OSError, ValueError) as e:
+            err(str(e))
+            return rep
+    if not isinstance(results, list):
+        err("results must be a JSON list of video instances")
+        return rep
+    videos, cat_ids = _videos_and_categories(gt)
+    if not results:
+        warn("the results list is empty")
+    rle_at: list[str] = []  # RLE strings to decode: location, counts, expected pixels
+    rle_counts: list[str] = []
+    rle_pixels: list[int] = []
+    per_bucket: Counter = Counter()
+    seen_videos = set()
+    empty_tracks: list[int] = []
+    for k, r in enumerate(results):
+        where = f"result #{k}"
+        if not isinstance(r, dict):
+            err(f"{where}: not an object")
+            continue
+        missing = [key for key in ("video_id", "category_id", "score", "segmentations") if key not in r]
+        if missing:
+            err(f"{where}: missing {', '.join(missing)}")
+            continue
+        vid, cat, score, segms = r["video_id"], r["category_id"], r["score"], r["segmentations"]
+        if not _is_int(vid) or vid not in videos:
+            err(f"{where}: unknown video_id {vid!r}")
+            continue
+        where = f"result #{k} (video {vid})"
+        seen_videos.add(vid)
+        if not _is_int(cat):
+            err(f"{where}: category_id {cat!r} is not an integer")
+        elif cat_ids is not None and cat not in cat_ids:
+            err(f"{where}: category_id {cat} is not a dataset category id")
+        if not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(float(score)):
+            err(f"{where}: score {score!r} is not a finite number")
+        per_bucket[vid, cat] += 1
+        length, h, w = videos[vid]
+        if not isinstance(segms, list):
+            err(f"{where}: 'segmentations' must be a list with one entry per frame")
+            continue
+        if len(segms) != length:
+            err(f"{where}: 'segmentations' has {len(segms)} entries, the video has {length} frames")
+        if all(s is None for s in segms):
+            empty_tracks.append(k)
+        for t, s in enumerate(segms):
+            if s is None:
+                continue
+            at = f"{where}, frame {t}"
+            if not isinstance(s, dict) or "counts" not in s or "size" not in s:
+                err(f"{at}: expected null or a compressed RLE {{'size': [H, W], 'counts': str}}")
+                continue
+            size, counts = s["size"], s["counts"]
+            if not (isinstance(size, list) and len(size) == 2 and all(_is_int(x) for x in size)):
+                err(f"{at}: RLE size {size!r} is not [H, W]")
+            elif size != [h, w]:
+                err(f"{at}: RLE size {size} differs from the video's frame size [{h}, {w}]")
+            if isinstance(counts, list):
+                err(f"{at}: uncompressed RLE (list counts); the server needs compressed RLE (str counts)")
+            elif not isinstance(counts, str):
+                err(f"{at}: RLE counts must be a str, got {type(counts).__name__}")
+            elif not _RLE_CHARS.match(counts):
+                err(f"{at}: RLE counts contain characters outside the compressed RLE alphabet")
+            elif check_counts:
+                rle_at.append(at)
+                rle_counts.append(counts)
+                rle_pixels.append(h * w)
+    if empty_tracks:
+        warn(f"{len(empty_tracks)} results have every frame null (e.g. result #{empty_tracks[0]})")
+    for (vid, cat), n in per_bucket.items():
+        if n > max_dets:
+            warn(f"video {vid}, category {cat}: {n} tracks; only the {max_dets} best-scored are evaluated")
+    missing_videos = sorted(set(videos) - seen_videos)
+    if missing_videos and results:
+        warn(f"{len(missing_videos)} of {len(videos)} videos have no results (e.g. {missing_videos[:5]})")
+    for j in _bad_run_totals(rle_counts, rle_pixels):
+        err(f"{rle_at[j]}: RLE counts do not decode to a mask of the stated size")
+    return rep
+
+
+def _bad_run_totals(counts: list[str | bytes], pixels: list[int]) -> list[int]:
+    """Indices of compressed RLE ``counts`` strings that do not decode to runs totalling ``pixels``."""
+    bad = []
+    for i in range(0, len(counts), 4096):
+        chunk, n_px = counts[i : i + 4096], np.asarray(pixels[i : i + 4096], np.int64)
+        try:
+            runs, offsets = decode_counts(chunk)
+            cum = np.r_[0, np.cumsum(runs)]
+            bad += (np.flatnonzero(cum[offsets[1:]] - cum[offsets[:-1]] != n_px) + i).tolist()
+        except ValueError:  # locate the offending strings one by one
+            for j, c in enumerate(chunk):
+                try:
+                    if int(decode_counts([c])[0].sum()) != n_px[j]:
+                        bad.append(i + j)
+                except ValueError:
+                    bad.append(i + j)
+    return bad
+
+
+def malformed_masks(results: list, max_messages: int = 20) -> tuple[list[str], int]:
+    """Result masks whose RLE runs do not cover exactly the ``H x W`` pixels of their own ``size``.
+
+    pycocotools does not check this: comparing such a mask with another one loops forever or reads
+    out of bounds, in the official evaluation code as in ours, so the evaluation command runs this
+    check first. Polygons are not checked. Returns (messages, number of bad masks).
+    """
+    where: list[tuple[int, int]] = []  # (result, frame) of each compressed RLE string
+    strings: list[str | bytes] = []
+    pixels: list[int] = []
+    msgs: list[str] = []
+    n_bad = 0
+    for k, r in enumerate(results):
+        segms = r.get("segmentations") if isinstance(r, dict) else None
+        for t, s in enumerate(segms if isinstance(segms, list) else []):
+            if not isinstance(s, dict):
+                continue
+            size, counts = s.get("size"), s.get("counts")
+            if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(x) for x in size)):
+                n_bad += 1
+                msgs.append(f"result #{k}, frame {t}: RLE size {size!r} is not [H, W]")
+            elif isinstance(counts, (str, bytes)):
+                where.append((k, t))
+                strings.append(counts)
+                pixels.append(int(size[0]) * int(size[1]))
+            elif isinstance(counts, list):
+                total = sum(counts) if all(_is_int(x) and x >= 0 for x in counts) else None
+                if total != int(size[0]) * int(size[1]):
+                    n_bad += 1
+                    msgs.append(
+                        f"result #{k}, frame {t}: RLE runs do not cover its {size[0]} x {size[1]} pixels"
+                    )
+    for j in _bad_run_totals(strings, pixels):
+        n_bad += 1
+        k, t = where[j]
+        msgs.append(f"result #{k}, frame {t}: RLE counts do not decode to a mask of its stated size")
+    return msgs[:max_messages], n_bad

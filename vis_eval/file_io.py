@@ -1,0 +1,57 @@
+"""The one JSON reader of vis_eval: annotation files, results files and zipped submissions (no torch).
+
+Zip rule: a file that is a zip archive (recognised by its content, whatever its name) is read
+through its single ``.json`` member at the archive root, e.g. the ``results.json`` the YouTube-VIS
+servers expect; an archive with no such member, or with several, is refused. Members in folders
+(``__MACOSX/...``) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from typing import Any
+
+__all__ = ["read_json"]
+
+
+def _zip_json_member(path: str) -> tuple[str, str]:
+    """(member name, text) of the single root-level ``.json`` member of the zip archive ``path``."""
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        members = [n for n in names if n.lower().endswith(".json") and "/" not in n]
+        if len(members) != 1:
+            found = "none" if not members else ", ".join(members)
+            raise ValueError(
+                f"{path}: a zip archive must hold exactly one .json file at its root "
+                f"(e.g. results.json); found {found} among {names[:5]}"
+            )
+        return members[0], zf.read(members[0]).decode("utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse the JSON file ``path``, or the JSON member of a zip archive (see the zip rule above).
+
+    URLs (``scheme://...``) are opened with Detectron2's ``PathManager`` (imported only then).
+    Raises FileNotFoundError for a missing file and ValueError for malformed JSON or archives.
+    """
+    path = os.fspath(path)
+    source = path
+    if "://" in path:
+        from detectron2.utils.file_io import PathManager
+
+        with PathManager.open(path, "r") as f:
+            text = f.read()
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"JSON file not found: {path}")
+    elif zipfile.is_zipfile(path):
+        member, text = _zip_json_member(path)
+        source = f"{path}:{member}"
+    else:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e

@@ -1,0 +1,143 @@
+"""COCO RLE helpers for masks and YouTube-VIS segmentations (NumPy and pycocotools only, no torch).
+
+One home for every RLE conversion of the package: binary masks -> compressed RLE (:func:`encode_masks`)
+or uncompressed RLE (:func:`mask_to_uncompressed_rle`), any per-frame segmentation -> compressed RLE
+(:func:`segm_to_rle`), JSON-ready copies (:func:`json_rle`) and vectorised decoding of many compressed
+``counts`` strings into run lengths without dense masks (:func:`decode_counts`).
+
+The compressed format (pycocotools ``rleToString``): each run length is written as a little-endian
+sequence of 5-bit groups, one ASCII character ``48 + group`` per group, bit 0x20 meaning "more
+groups follow" and, on the last group, bit 0x10 the sign; from the fourth run on, the value stored
+is the difference to the run two positions earlier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+__all__ = [
+    "decode_counts",
+    "encode_masks",
+    "json_rle",
+    "mask_to_uncompressed_rle",
+    "segm_to_rle",
+    "segmented_cumsum",
+]
+
+
+def json_rle(rle: dict) -> dict:
+    """A JSON-ready copy of a compressed RLE: ``{"size": [H, W] (ints), "counts": str}``."""
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}
+
+
+def encode_masks(masks: Any) -> list[dict]:
+    """Binary masks (N, H, W) -> N JSON-ready compressed RLEs ``{"size": [H, W], "counts": str}``.
+
+    ``masks`` is a bool or integer (non-zero = foreground) NumPy array or torch tensor (any device);
+    soft masks must be thresholded first (``vis_eval.video.tracker.binary_masks``).
+    """
+    if hasattr(masks, "detach"):  # a torch tensor, without importing torch
+        masks = masks.detach().cpu().numpy()
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    if masks.dtype != bool and not np.issubdtype(masks.dtype, np.integer):
+        raise ValueError(f"masks must be bool or integer (threshold soft masks first), got {masks.dtype}")
+    if len(masks) == 0:
+        return []
+    rles = mask_util.encode(np.asfortranarray((masks != 0).transpose(1, 2, 0).astype(np.uint8)))
+    return [json_rle(rle) for rle in rles]
+
+
+def mask_to_uncompressed_rle(mask: np.ndarray) -> dict:
+    """bool (H, W) -> COCO uncompressed RLE ``{"size": [H, W], "counts": [int, ...]}`` (column-major
+    runs, starting with a possibly empty run of zeros), the format of the official train JSONs."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def segm_to_rle(segm: Any, height: int, width: int) -> dict:
+    """Compressed RLE for a truthy per-frame segmentation: a polygon list (rasterised at
+    ``height`` x ``width``), an uncompressed RLE (converted with its own size) or a compressed RLE
+    (returned as is, ``counts`` str or bytes)."""
+    if isinstance(segm, list):
+        # polygons: merged into one mask of the video's size
+        rles = mask_util.frPyObjects(segm, height, width)
+        return mask_util.merge(rles)
+    if isinstance(segm, dict):
+        if "counts" not in segm or "size" not in segm:
+            raise ValueError("an RLE segmentation needs 'size' and 'counts'")
+        if isinstance(segm.get("counts"), list):
+            # uncompressed RLE: converted with its own size
+            h, w = segm["size"]
+            return mask_util.frPyObjects(segm, h, w)
+        return segm
+    raise ValueError(f"unsupported segmentation type {type(segm).__name__}")
+
+
+def segmented_cumsum(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """Cumulative sum restarting at every change of the non-decreasing ``segment`` ids."""
+    if values.size == 0:
+        return values.copy()
+    cs = np.cumsum(values)
+    first = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
+    lengths = np.diff(np.r_[first, values.size])
+    return cs - np.repeat(cs[first] - values[first], lengths)
+
+
+def decode_counts(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Run lengths of many compressed RLE ``counts`` strings at once.
+
+    Returns ``(counts, offsets)``: the run lengths of string ``i`` are ``counts[offsets[i]:offsets[i+1]]``
+    (alternating 0-runs and 1-runs, starting with 0-runs).
+    """
+    n = len(strings)
+    try:
+        raw = [s if isinstance(s, bytes) else s.encode("ascii") for s in strings]
+    except (UnicodeEncodeError, AttributeError) as e:
+        raise ValueError("RLE counts must be ASCII strings (compressed RLE)") from e
+    lens = np.fromiter((len(s) for s in raw), np.int64, n)
+    char_off = np.r_[0, np.cumsum(lens)]
+    v = np.frombuffer(b"".join(raw), np.uint8).astype(np.int64) - 48
+    if v.size and (v.min() < 0 or v.max() > 63):
+        raise ValueError("invalid character in a compressed RLE counts string")
+    is_end = (v & 0x20) == 0
+    ends_cum = np.r_[0, np.cumsum(is_end)]
+    last = char_off[1:][lens > 0] - 1
+    if last.size and not is_end[last].all():
+        raise ValueError("truncated compressed RLE counts string")
+    n_num = int(ends_cum[-1])
+    num_start = np.flatnonzero(np.r_[True, is_end[:-1]]) if v.size else np.zeros(0, np.int64)
+    char_num = ends_cum[:-1]  # number index of every character
+    j = np.arange(v.size) - num_start[char_num] if v.size else np.zeros(0, np.int64)
+    if j.size and j.max() > 11:
+        raise ValueError("run length too large in a compressed RLE counts string")
+    x = np.add.reduceat((v & 0x1F) << (5 * j), num_start) if n_num else np.zeros(0, np.int64)
+    end_idx = np.flatnonzero(is_end)
+    neg = (v[end_idx] & 0x10) != 0
+    x[neg] -= np.left_shift(1, 5 * (j[end_idx][neg] + 1))
+    per_string = ends_cum[char_off[1:]] - ends_cum[char_off[:-1]]
+    offsets = np.r_[0, np.cumsum(per_string)]
+    owner = np.repeat(np.arange(n), per_string)
+    k = np.arange(n_num) - offsets[owner]
+    # undo the delta coding: c[k] = x[k] + c[k-2] for k > 2, i.e. cumulative sums over the odd
+    # positions and over the even positions >= 2 of each string
+    counts = x.copy()
+    odd = np.flatnonzero(k % 2 == 1)
+    counts[odd] = segmented_cumsum(x[odd], owner[odd])
+    even = np.flatnonzero((k % 2 == 0) & (k >= 2))
+    counts[even] = segmented_cumsum(x[even], owner[even])
+    if counts.size and counts.min() < 0:
+        raise ValueError("negative run length in a compressed RLE counts string")
+    return counts, offsets
