@@ -12,7 +12,6 @@ the YouTube-VIS evaluator. ``--num-gpus N`` without CUDA runs N CPU processes (g
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import OrderedDict
 
@@ -33,7 +32,7 @@ from detectron2.engine import (
 from detectron2.evaluation import DatasetEvaluator, verify_results
 from detectron2.utils.logger import setup_logger
 
-from onestage.config import get_cfg
+from onestage.config import load_config
 from onestage.data import build_train_loader, is_video_dataset
 from onestage.evaluation import MaskScoreCOCOEvaluator
 from vis_eval.evaluation.video_inference import evaluate_video_dataset
@@ -89,7 +88,9 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         # use_fast_impl needs Detectron2's compiled _C, which this project does not install
-        return MaskScoreCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder, use_fast_impl=False)
+        return MaskScoreCOCOEvaluator(
+            dataset_name, tasks=tasks, output_dir=output_folder, use_fast_impl=False
+        )
 
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None) -> OrderedDict:
@@ -114,15 +115,7 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args) -> CfgNode:
-    cfg = get_cfg()
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"config file not found: {args.config_file}")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning("CUDA is not available: running on CPU")
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vis_eval")
     return cfg

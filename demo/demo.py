@@ -24,7 +24,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
@@ -34,24 +33,19 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from onestage.config import get_cfg
-import vis_eval  # noqa: F401  (registers the builtin datasets, for their metadata)
-from vis_eval.runner import annotate_frame, frames_from_video, run_video
+import vis_eval.data  # noqa: F401  (registers the builtin datasets, for their metadata)
+from onestage.config import load_config
+from vis_eval.video import VideoRunner, annotate_frame, iter_frames
 
 WINDOW_NAME = "onestage-seg"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    if not os.path.isfile(args.config_file):
-        raise SystemExit(f"config file not found: {args.config_file}")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
+    try:
+        return load_config(args.config_file, args.opts)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -134,9 +128,8 @@ def run_stream(cfg: CfgNode, frames: Iterator[np.ndarray], fps: float, args: arg
     visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
     writer = None
     try:
-        for frame, instances in run_video(predictor, frames):
-            instances = confident(instances.to("cpu"), args.confidence_threshold)
-            drawn = annotate_frame(visualizer, frame, instances)
+        for tracked in VideoRunner.from_config(cfg, predictor).stream(frames):
+            drawn = annotate_frame(visualizer, tracked.image, tracked.instances, args.confidence_threshold)
             if args.output is None:
                 try:
                     cv2.imshow(WINDOW_NAME, drawn[:, :, ::-1])
@@ -171,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         capture = cv2.VideoCapture(args.video_input)
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         capture.release()
-        run_stream(cfg, frames_from_video(args.video_input), fps, args)
+        run_stream(cfg, iter_frames(args.video_input), fps, args)
     else:
-        run_stream(cfg, frames_from_video(0), 25.0, args)
+        run_stream(cfg, iter_frames(0), 25.0, args)
     return 0
 
 

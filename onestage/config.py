@@ -9,11 +9,15 @@ meta-architectures, heads and backbones, so that any shipped YAML builds.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+from collections.abc import Sequence
 
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as get_detectron2_cfg
 
-__all__ = ["add_onestage_config", "get_cfg"]
+__all__ = ["add_onestage_config", "get_cfg", "load_config"]
 
 # (package, config function) of each method of the distribution. The core does not import methods
 # statically (they depend on it); it loads them by name here, in this order.
@@ -91,4 +95,24 @@ def get_cfg() -> CN:
         getattr(importlib.import_module(package), function)(cfg)
     add_vis_eval_config(cfg)
     importlib.import_module("onestage.data")  # the mapper registry with its builtin entries
+    return cfg
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), device: str | None = None) -> CN:
+    """:func:`get_cfg` with ``config_file`` and ``KEY VALUE`` ``opts`` merged, frozen.
+
+    ``device`` overrides ``MODEL.DEVICE``; a CUDA device falls back to CPU (with a warning) when
+    CUDA is not available. A missing config file raises ``FileNotFoundError`` naming it.
+    """
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("CUDA is not available: running on CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
     return cfg

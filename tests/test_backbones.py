@@ -6,14 +6,14 @@ import re
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
-from detectron2.modeling import build_backbone
+from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from torch import nn
 
-from centermask.layers import DeformConv, ModulatedDeformConv
-from centermask.modeling.backbone import VOVNET_SPECS, MobileNetV2, VoVNet, add_backbone_config
-from centermask.modeling.backbone.vovnet import ESE, DeformConvUnit, OSAModule
+from onestage.backbone import VOVNET_SPECS, MobileNetV2, VoVNet
+from onestage.backbone.vovnet import ESE, DeformConvUnit, OSAModule
+from onestage.config import get_cfg
+from onestage.layers import DeformConv, ModulatedDeformConv
 
 # CONV_BODY -> (detection backbone params in M, ImageNet model params in M), spec table 1.6
 PARAM_COUNTS = {
@@ -28,7 +28,6 @@ PARAM_COUNTS = {
 
 def _cfg(**model):
     cfg = get_cfg()
-    add_backbone_config(cfg)
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     for key, value in model.items():
         node = cfg.MODEL
@@ -402,10 +401,10 @@ def test_mobilenetv2_fpn_builders_and_freeze():
         False,
     ]
 
-    cfg = _cfg(**{"BACKBONE.NAME": "build_mobilenetv2_fpn_backbone", **common})
-    assert list(build_backbone(cfg).output_shape()) == ["p3", "p4", "p5", "p6"]
-    cfg = _cfg(**{"BACKBONE.NAME": "build_fcos_resnet_fpn_backbone", "MOBILENET": True, **common})
-    assert isinstance(build_backbone(cfg).bottom_up, MobileNetV2)
+    # the dead non-FCOS builders (no config used them) and MODEL.MOBILENET are gone
+    assert "build_mobilenetv2_fpn_backbone" not in BACKBONE_REGISTRY
+    assert "build_vovnet_fpn_backbone" not in BACKBONE_REGISTRY
+    assert "MOBILENET" not in cfg.MODEL
 
 
 def test_top_levels():
@@ -428,12 +427,6 @@ def test_top_levels():
     backbone = build_backbone(cfg)
     out = backbone(torch.randn(1, 3, 64, 64))
     torch.testing.assert_close(out["p7"], backbone.top_block.p7(torch.relu(backbone.top_block.p6(out["p5"]))))
-
-    # the non-FCOS builder: max-pool P6
-    cfg = _vovnet_cfg("V-19-slim-eSE", fpn_name="build_vovnet_fpn_backbone")
-    backbone = build_backbone(cfg)
-    out = backbone(torch.randn(1, 3, 64, 64))
-    torch.testing.assert_close(out["p6"], out["p5"][:, :, ::2, ::2])
     assert backbone.size_divisibility == 32
 
 
@@ -455,12 +448,9 @@ def test_resnet_fcos_fpn_builder():
     assert not any(p.requires_grad for p in backbone.bottom_up.stem.parameters())
 
 
-def test_add_backbone_config_defaults_and_yaml_merge(tmp_path):
+def test_backbone_config_defaults_and_yaml_merge(tmp_path):
     cfg = get_cfg()
-    cfg.MODEL.FCOS = type(cfg)({"NUM_CLASSES": 80})  # another package's FCOS keys survive
-    add_backbone_config(cfg)
     assert cfg.MODEL.FCOS.NUM_CLASSES == 80 and cfg.MODEL.FCOS.TOP_LEVELS == 2
-    assert cfg.MODEL.MOBILENET is False
     v = cfg.MODEL.VOVNET
     assert (v.CONV_BODY, v.NORM, v.OUT_CHANNELS, v.BACKBONE_OUT_CHANNELS) == (
         "V-39-eSE",

@@ -5,12 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from centermask import add_centermask_config
 from centermask.modeling.roi_heads import (
     CenterROIHeads,
     CenterROIPooler,
@@ -22,6 +20,7 @@ from centermask.modeling.roi_heads import (
     maskiou_loss,
     maskiou_targets,
 )
+from onestage.config import get_cfg
 
 K = 3
 C = 16
@@ -198,7 +197,6 @@ def test_maskiou_loss_only_on_positive_targets():
 
 def _roi_heads(maskiou_on: bool = True) -> CenterROIHeads:
     cfg = get_cfg()
-    add_centermask_config(cfg)
     cfg.MODEL.MASK_ON = True
     cfg.MODEL.MASKIOU_ON = maskiou_on
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = K
@@ -309,7 +307,6 @@ def test_full_model_zero_detections_and_empty_gt_training():
     from detectron2.modeling import build_model
 
     cfg = get_cfg()
-    add_centermask_config(cfg)
     cfg.merge_from_file("configs/CenterMask/centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml")
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
@@ -341,7 +338,7 @@ def test_full_model_zero_detections_and_empty_gt_training():
 def test_evaluator_ranks_segm_by_mask_scores(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from centermask.evaluation import CenterMaskCOCOEvaluator
+    from onestage.evaluation import MaskScoreCOCOEvaluator
 
     name = "centermask_test_eval_toy"
     if name not in DatasetCatalog.list():
@@ -369,7 +366,7 @@ def test_evaluator_ranks_segm_by_mask_scores(tmp_path):
     inst.mask_scores = torch.tensor([0.9, 0.1])  # ... mask scores rank the good one first
 
     def evaluate(instances):
-        evaluator = CenterMaskCOCOEvaluator(name, distributed=False, output_dir=str(tmp_path))
+        evaluator = MaskScoreCOCOEvaluator(name, distributed=False, output_dir=str(tmp_path))
         evaluator.reset()
         evaluator.process([{"image_id": 1}], [{"instances": instances}])
         return evaluator.evaluate()

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
-from centermask import add_centermask_config
+from onestage.config import get_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "CenterMask"
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("centermask_*.yaml"))
@@ -21,7 +20,6 @@ CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("centermask_*.yaml"))
 
 def load(name: str):
     cfg = get_cfg()
-    add_centermask_config(cfg)
     cfg.merge_from_file(str(CONFIG_DIR / name))
     return cfg
 
@@ -102,7 +100,6 @@ def test_unknown_key_still_raises(tmp_path):
         )
     )
     cfg = get_cfg()
-    add_centermask_config(cfg)
     with pytest.raises(KeyError):
         cfg.merge_from_file(str(bad))
 

@@ -4,11 +4,10 @@ import re
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from centermask import add_centermask_config
 from centermask.convert import convert_centermask2, convert_centermask_mb
+from onestage.config import get_cfg
 from tools.convert_checkpoint import main as convert_main
 
 CONFIGS = "configs/CenterMask"
@@ -16,7 +15,6 @@ CONFIGS = "configs/CenterMask"
 
 def _model(config: str):
     cfg = get_cfg()
-    add_centermask_config(cfg)
     cfg.merge_from_file(f"{CONFIGS}/{config}")
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
@@ -144,7 +142,8 @@ def centermask2_spec_shapes(model: str) -> dict[str, tuple[int, ...]]:
             keys |= _conv(f"{prefix}ese.fc", oc, oc, 1)
             in_ch = oc
     for level, ch in zip((3, 4, 5), out_ch[1:], strict=True):
-        keys |= _conv(f"backbone.fpn_lateral{level}", c, ch, 1) | _conv(f"backbone.fpn_output{level}", c, c, 3)
+        keys |= _conv(f"backbone.fpn_lateral{level}", c, ch, 1)
+        keys |= _conv(f"backbone.fpn_output{level}", c, c, 3)
     keys |= _conv("backbone.top_block.p6", c, c, 3) | _conv("backbone.top_block.p7", c, c, 3)
     fcos = "proposal_generator.fcos_head."
     for tower in ("cls_tower", "bbox_tower"):
@@ -251,6 +250,7 @@ def to_mb(key: str) -> str:
 def test_mb_checkpoint_loads_strictly(config, lite_v19):
     model = lite_v19 if "V_19" in config else _model(config)
     ours = _random_like(_shapes(model))
+    ours = {k: v.abs() + 0.1 if k.endswith("running_var") else v for k, v in ours.items()}
     mb = {}
     for k, v in ours.items():
         if k.startswith(("roi_heads.mask_head.predictor.", "roi_heads.maskiou_head.maskiou.")):
@@ -267,8 +267,13 @@ def test_mb_checkpoint_loads_strictly(config, lite_v19):
     )
     assert torch.equal(sd["roi_heads.maskiou_head.maskiou.bias"], ours["roi_heads.maskiou_head.maskiou.bias"])
     assert torch.equal(sd["backbone.fpn_lateral3.weight"], ours["backbone.fpn_lateral3.weight"])
+    # [MB] FrozenBN has no eps: Detectron2's (eps 1e-5) must compute the same scale weight / sqrt(var)
     var_key = next(k for k in sd if k.startswith("backbone.bottom_up.") and k.endswith("running_var"))
-    assert torch.allclose(sd[var_key], (ours[var_key] - 1e-5).clamp(min=0))
+    w_key = var_key.removesuffix("running_var") + "weight"
+    assert torch.equal(sd[var_key], ours[var_key])
+    torch.testing.assert_close(
+        sd[w_key] / torch.sqrt(sd[var_key] + 1e-5), ours[w_key] / torch.sqrt(ours[var_key])
+    )
 
 
 def test_mb_dcn_and_unknown_keys():

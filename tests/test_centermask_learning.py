@@ -3,13 +3,12 @@ inference must agree for the mask AP to get high)."""
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from learning import memorise_and_evaluate, tiny_dataset
 
-from centermask import add_centermask_config
-from centermask.evaluation import CenterMaskCOCOEvaluator
+from onestage.config import get_cfg
+from onestage.evaluation import MaskScoreCOCOEvaluator
 
 DATASET = "centermask_learning_tiny"
 
@@ -21,7 +20,6 @@ def dicts(tmp_path_factory) -> list[dict]:
 
 def _lite_cfg(num_classes: int):
     cfg = get_cfg()
-    add_centermask_config(cfg)
     cfg.merge_from_file("configs/CenterMask/centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml")
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
@@ -37,7 +35,7 @@ def _lite_cfg(num_classes: int):
 def test_centermask_lite_memorises_tiny_synthetic_set(dicts):
     torch.manual_seed(0)
     model = build_model(_lite_cfg(len(MetadataCatalog.get(DATASET).thing_classes)))
-    evaluator = CenterMaskCOCOEvaluator(DATASET, distributed=False)
+    evaluator = MaskScoreCOCOEvaluator(DATASET, distributed=False)
     results = memorise_and_evaluate(model, dicts, evaluator, iterations=200, lr=2e-3)
     assert results["segm"]["AP"] >= 80.0
     assert results["bbox"]["AP"] >= 80.0

@@ -1,4 +1,5 @@
-"""DeformConv / ModulatedDeformConv against a plain-torch bilinear-sampling reference."""
+"""DeformConv / ModulatedDeformConv (and ``offset_conv`` / ``forward_offset_conv``) against a plain-torch
+bilinear-sampling reference."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from centermask.layers import DeformConv, DeformConvPack, ModulatedDeformConv, ModulatedDeformConvPack
+from onestage.layers import DeformConv, ModulatedDeformConv, offset_conv
 
 
 def _bilinear_zero(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
@@ -215,29 +216,64 @@ def test_norm_activation_and_defaults():
 
 
 @pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
-def test_pack_predicts_its_own_offsets(modulated):
-    torch.manual_seed(0)
-    cls = ModulatedDeformConvPack if modulated else DeformConvPack
-    m = cls(4, 6, 3, stride=2, padding=1, deformable_groups=2, bias=False).double()
-    assert m.conv_offset.out_channels == (3 if modulated else 2) * 2 * 9
-    assert m.conv_offset.stride == (2, 2) and m.conv_offset.bias is not None
-    assert (m.conv_offset.weight == 0).all() and (m.conv_offset.bias == 0).all()
-    x = torch.randn(1, 4, 7, 7, dtype=torch.float64)
-    conv = F.conv2d(x, m.weight, None, 2, 1)
-    # zero init: plain conv (v1) / plain conv times sigmoid(0) = 0.5 (v2)
-    torch.testing.assert_close(m(x), conv * (0.5 if modulated else 1.0))
+def test_offset_conv_geometry_and_zero_init(modulated):
+    cls = ModulatedDeformConv if modulated else DeformConv
+    m = cls(4, 6, 3, stride=2, padding=2, dilation=2, deformable_groups=2, bias=True)
+    oc = offset_conv(m)
+    # 2 (dy, dx) [+ 1 mask logit] per tap and deformable group: (2 or 3) x 2 groups x 9 taps
+    assert oc.in_channels == 4 and oc.out_channels == (3 if modulated else 2) * 2 * 9
+    assert oc.out_channels == m.offset_channels
+    assert (oc.kernel_size, oc.stride, oc.padding, oc.dilation) == ((3, 3), (2, 2), (2, 2), (2, 2))
+    assert oc.bias is not None
+    assert (oc.weight == 0).all() and (oc.bias == 0).all()
+    assert offset_conv(m, in_channels=7).in_channels == 7  # offsets from another tensor than the input
 
+
+@pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
+def test_zero_init_offset_conv_is_a_plain_conv(modulated):
+    torch.manual_seed(0)
+    cls = ModulatedDeformConv if modulated else DeformConv
+    m = cls(4, 6, 3, stride=2, padding=1, deformable_groups=2, bias=True).double()
     with torch.no_grad():
-        m.conv_offset.bias.uniform_(-2, 2)
-    o = m.conv_offset(x)
+        m.bias.uniform_(-1, 1)
+    oc = offset_conv(m).double()
+    x = torch.randn(1, 4, 7, 8, dtype=torch.float64)
+    conv = F.conv2d(x, m.weight, None, 2, 1)
+    # zero offsets: plain conv (v1); v2 also multiplies every sample by sigmoid(0) = 0.5, before the bias
+    expected = conv * (0.5 if modulated else 1.0) + m.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(m.forward_offset_conv(x, oc(x)), expected)
+
+
+@pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
+def test_forward_offset_conv_splits_offsets_and_sigmoid_mask(modulated):
+    """Nonzero offset-conv output: the first 2GK channels are the offsets, (v2) the last GK channels
+    the mask logits; checked against the bilinear reference with that split done by hand."""
+    gen = torch.Generator().manual_seed(3)
+    cls = ModulatedDeformConv if modulated else DeformConv
+    m = cls(4, 6, 3, stride=2, padding=1, deformable_groups=2, bias=True).double()
+    oc = offset_conv(m).double()
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(m.weight.shape, generator=gen, dtype=torch.float64))
+        m.bias.copy_(torch.randn(m.bias.shape, generator=gen, dtype=torch.float64))
+        oc.weight.copy_(0.3 * torch.randn(oc.weight.shape, generator=gen, dtype=torch.float64))
+        oc.bias.copy_(2 * torch.rand(oc.bias.shape, generator=gen, dtype=torch.float64) - 1)
+    x = torch.randn(2, 4, 7, 6, generator=gen, dtype=torch.float64)
+    out_raw = oc(x)
+    assert out_raw.shape == (2, m.offset_channels, 4, 3)
     n = 2 * 2 * 9
-    if modulated:
-        expected = ModulatedDeformConv.forward(m, x, o[:, :n], o[:, n:].sigmoid())
-    else:
-        expected = DeformConv.forward(m, x, o)
-    torch.testing.assert_close(m(x), expected)
-    m(x).sum().backward()
-    assert m.conv_offset.weight.grad.abs().sum() > 0
+    mask = torch.sigmoid(out_raw[:, n:]) if modulated else None
+    assert (mask is None) == (out_raw.shape[1] == n)
+    ref = reference_deform_conv(x, out_raw[:, :n], m.weight, m.bias, (2, 2), (1, 1), (1, 1), 1, 2, mask=mask)
+    out = m.forward_offset_conv(x, out_raw)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    if modulated:  # a mask not passed through the sigmoid gives another result
+        raw_mask = reference_deform_conv(
+            x, out_raw[:, :n], m.weight, m.bias, (2, 2), (1, 1), (1, 1), 1, 2, mask=out_raw[:, n:]
+        )
+        assert not torch.allclose(out, raw_mask)
+    # the offset conv is trained through the deformable sampling
+    m.forward_offset_conv(x, oc(x)).square().sum().backward()
+    assert oc.weight.grad.abs().sum() > 0 and oc.bias.grad.abs().sum() > 0
 
 
 def test_runs_in_float32_under_cpu_autocast_and_survives_nan_offsets():

@@ -4,23 +4,22 @@ import math
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, ImageList, Instances
 
-from centermask import add_centermask_config
-from centermask.modeling.fcos import (
+from onestage.config import get_cfg
+from onestage.fcos import (
     FCOS,
     centerness_targets,
     compute_locations,
     compute_locations_per_level,
     fcos_assign_targets,
     fcos_detections_single_image,
-    iou_loss,
     level_size_ranges,
     per_location_stride_and_range,
 )
-from centermask.modeling.fcos.targets import INF
+from onestage.fcos.targets import INF
+from onestage.layers import iou_loss
 
 
 def logit(p: float) -> float:
@@ -153,6 +152,7 @@ def test_centerness_target():
 
 
 def test_giou_loss_hand_computed():
+    """AdelaiDet's (centermask2's) flavour as FCOS calls it: IoU = (I + 1) / (U + 1), no overlap clamp."""
     pred = torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 0.0, 1.0], [2.0, 1.0, 3.0, 2.0]])
     target = torch.tensor([[2.0, 2.0, 2.0, 2.0], [1.0, 2.0, 2.0, 1.0], [2.0, 1.0, 3.0, 2.0]])
     # row 0: Ag 16, Ap 4, I 4, U 16, C 16 -> IoU (4+1)/(16+1)
@@ -160,9 +160,10 @@ def test_giou_loss_hand_computed():
     # row 2: identical -> IoU 1, GIoU 1
     iou = torch.tensor([5 / 17, 3 / 14, 1.0])
     giou = torch.tensor([5 / 17, 3 / 14 - 2 / 15, 1.0])
-    assert torch.allclose(iou_loss(pred, target, "giou"), 1 - giou)
-    assert torch.allclose(iou_loss(pred, target, "iou"), -torch.log(iou))
-    assert torch.allclose(iou_loss(pred, target, "linear_iou"), 1 - iou)
+    adelaidet = {"smooth": 1.0, "clamp_overlap": False}
+    assert torch.allclose(iou_loss(pred, target, "giou", **adelaidet), 1 - giou)
+    assert torch.allclose(iou_loss(pred, target, "iou", **adelaidet), -torch.log(iou))
+    assert torch.allclose(iou_loss(pred, target, "linear_iou", **adelaidet), 1 - iou)
     with pytest.raises(ValueError):
         iou_loss(pred, target, "l1")
 
@@ -245,7 +246,6 @@ def test_postprocess_no_candidates_gives_empty_instances():
 
 def _fcos(num_classes: int = 3, **overrides) -> FCOS:
     cfg = get_cfg()
-    add_centermask_config(cfg)
     cfg.MODEL.FCOS.NUM_CLASSES = num_classes
     cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
     cfg.MODEL.FCOS.NUM_BOX_CONVS = 1

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from sipmask import add_sipmask_config
+from onestage.config import get_cfg
 from sipmask.convert import convert_sipmask_benchmark, convert_sipmask_mmdet
 from tools.convert_checkpoint import main as convert_main
 
@@ -137,7 +136,6 @@ def benchmark_state_dict(depth: int, prefix: str = "module.") -> dict:
 
 def build(name: str):
     cfg = get_cfg()
-    add_sipmask_config(cfg)
     cfg.merge_from_file(str(CONFIG_DIR / name))
     cfg.MODEL.DEVICE = "cpu"
     return build_model(cfg)
@@ -201,7 +199,10 @@ def test_benchmark_checkpoint_loads_strictly_with_module_prefix():
     # FrozenBN without eps -> Detectron2 FrozenBN with eps 1e-5: the same affine transform
     bn = model.backbone.bottom_up.res2[0].conv1.norm
     w, v = sd["module.backbone.body.layer1.0.bn1.weight"], sd["module.backbone.body.layer1.0.bn1.running_var"]
-    torch.testing.assert_close(bn.weight * (bn.running_var + bn.eps).rsqrt(), w * v.rsqrt())
+    b, mu = sd["module.backbone.body.layer1.0.bn1.bias"], sd["module.backbone.body.layer1.0.bn1.running_mean"]
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    torch.testing.assert_close(scale, w * v.rsqrt())
+    torch.testing.assert_close(bn.bias - bn.running_mean * scale, b - mu * w * v.rsqrt())
     # without the prefix too
     assert (
         convert_sipmask_benchmark({k.removeprefix("module."): v for k, v in sd.items()}).keys()

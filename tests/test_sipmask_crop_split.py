@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sipmask.modeling.crop_split import crop_split, crop_split_gt, crop_split_probs
+from sipmask.modeling.crop_split import crop_split, crop_split_gt
 
 
 def reference_crop_split(sub: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -54,14 +54,6 @@ BOXES = torch.tensor(
 )
 
 
-def test_crop_split_probs_matches_reference():
-    torch.manual_seed(0)
-    sub = torch.rand(len(BOXES), 4, H, W)
-    out = crop_split_probs(sub, BOXES)
-    assert out.shape == (len(BOXES), H, W)
-    torch.testing.assert_close(out, reference_crop_split(sub, BOXES), rtol=0, atol=0)
-
-
 def test_crop_split_from_basis_matches_reference():
     torch.manual_seed(1)
     k = 5
@@ -72,31 +64,63 @@ def test_crop_split_from_basis_matches_reference():
     torch.testing.assert_close(out, reference_crop_split(sub, BOXES), rtol=1e-6, atol=1e-6)
 
 
+def _one_basis(h: int, w: int, quadrant_logits: list[float], requires_grad: bool = False):
+    """K = 1 basis of ones: pixel values are sigmoid(logit of its quadrant), so the output shows which
+    quadrant each pixel took."""
+    basis = torch.ones(1, h, w, requires_grad=requires_grad)
+    coeffs = torch.tensor([quadrant_logits], requires_grad=requires_grad)
+    return basis, coeffs
+
+
 def test_split_point_and_quadrant_order_hand_computed():
-    # Quadrant q holds the constant q + 1, so the output shows which quadrant each pixel took.
-    sub = torch.arange(1, 5, dtype=torch.float32).view(1, 4, 1, 1).expand(1, 4, 10, 10).contiguous()
-    out = crop_split_probs(sub, torch.tensor([[4.0, 4.0, 8.0, 8.0]]))[0]
+    logits = [-1.5, -0.5, 0.5, 1.5]
+    p = [1 / (1 + math.exp(-v)) for v in logits]
+    basis, coeffs = _one_basis(10, 10, logits)
+    out = crop_split(basis, coeffs, torch.tensor([[4.0, 4.0, 8.0, 8.0]]))[0]
     expected = torch.zeros(10, 10)
     # cw = ch = 2.05: columns/rows 4, 5, 6 are the first half (6 - 4 = 2 < 2.05), 7 the second.
-    expected[4:7, 4:7] = 1  # TL
-    expected[4:7, 7:8] = 2  # TR
-    expected[7:8, 4:7] = 3  # BL
-    expected[7:8, 7:8] = 4  # BR
+    expected[4:7, 4:7] = p[0]  # TL
+    expected[4:7, 7:8] = p[1]  # TR
+    expected[7:8, 4:7] = p[2]  # BL
+    expected[7:8, 7:8] = p[3]  # BR
+    torch.testing.assert_close(out, expected)
+
+
+def test_box_on_the_canvas_border_and_partly_outside_hand_computed():
+    logits = [-1.5, -0.5, 0.5, 1.5]
+    p = [1 / (1 + math.exp(-v)) for v in logits]
+    basis, coeffs = _one_basis(6, 8, logits)
+    # x in [-3, 5): cw = 4.05, split at x = 1.05 -> columns 0, 1 | 2, 3, 4 (columns -3..-1 are cut);
+    # y in [4, 9): ch = 2.55, split at y = 6.55 -> rows 4, 5 | (6 would be 2nd half but is beyond H=6)
+    out = crop_split(basis, coeffs.repeat(2, 1), torch.tensor([[-3.0, 4.0, 5.0, 9.0], [5.0, 0.0, 8.0, 6.0]]))
+    expected = torch.zeros(2, 6, 8)
+    expected[0, 4:6, 0:2] = p[0]
+    expected[0, 4:6, 2:5] = p[1]
+    # the whole height, touching the right border: x in [5, 8), cw = 1.55 -> 5, 6 | 7;
+    # y in [0, 6), ch = 3.05 -> rows 0..3 | 4, 5
+    expected[1, 0:4, 5:7] = p[0]
+    expected[1, 0:4, 7] = p[1]
+    expected[1, 4:6, 5:7] = p[2]
+    expected[1, 4:6, 7] = p[3]
     torch.testing.assert_close(out, expected)
 
 
 def test_tiny_box_inside_one_cell():
-    sub = torch.ones(2, 4, 8, 8)
-    out = crop_split_probs(sub, torch.tensor([[5.2, 5.2, 5.7, 5.9], [5.0, 5.0, 5.5, 5.5]]))
+    basis, coeffs = _one_basis(8, 8, [0.0] * 4)
+    out = crop_split(basis, coeffs.repeat(2, 1), torch.tensor([[5.2, 5.2, 5.7, 5.9], [5.0, 5.0, 5.5, 5.5]]))
     assert out[0].sum() == 0  # no integer pixel in [5.2, 5.7)
-    assert out[1].sum() == 1 and out[1, 5, 5] == 1  # exactly pixel (5, 5)
+    assert out[1].sum() == 0.5 and out[1, 5, 5] == 0.5  # exactly pixel (5, 5), sigmoid(0)
 
 
 def test_empty_inputs():
     basis = torch.rand(4, 6, 7)
     out = crop_split(basis, torch.zeros(0, 16), torch.zeros(0, 4))
     assert out.shape == (0, 6, 7)
-    assert crop_split_probs(torch.zeros(0, 4, 6, 7), torch.zeros(0, 4)).shape == (0, 6, 7)
+    # an empty (inverted) box and a box entirely outside give all-zero masks
+    out = crop_split(
+        basis, torch.randn(2, 16), torch.tensor([[5.0, 1.0, 2.0, 4.0], [10.0, 10.0, 12.0, 12.0]])
+    )
+    assert out.shape == (2, 6, 7) and (out == 0).all()
     assert crop_split_gt(torch.zeros(0, 6, 7), torch.zeros(0, 4)).shape == (0, 6, 7)
 
 
@@ -107,14 +131,19 @@ def test_crop_split_gt_matches_reference():
 
 
 def test_gradient_goes_only_to_the_chosen_quadrant_inside_the_box():
-    sub = torch.rand(1, 4, 10, 10, requires_grad=True)
-    box = torch.tensor([[4.0, 4.0, 8.0, 8.0]])
-    crop_split_probs(sub, box).sum().backward()
-    grad = sub.grad[0]
-    assert grad.sum() == 16  # 4x4 inside pixels, one quadrant each
-    assert grad[0, 4:7, 4:7].eq(1).all() and grad[0].sum() == 9
-    assert grad[3, 7, 7] == 1 and grad[3].sum() == 1
-    assert grad[:, :4].sum() == 0 and grad[:, :, :4].sum() == 0
+    logits = [0.1, 0.2, 0.3, 0.4]
+    basis, coeffs = _one_basis(10, 10, logits, requires_grad=True)
+    crop_split(basis, coeffs, torch.tensor([[4.0, 4.0, 8.0, 8.0]])).sum().backward()
+    ds = [torch.sigmoid(torch.tensor(v)) * (1 - torch.sigmoid(torch.tensor(v))) for v in logits]
+    # d/dc_q sum_pixels sigmoid(c_q * 1): one term per pixel of quadrant q (9, 3, 3, 1 pixels)
+    torch.testing.assert_close(coeffs.grad[0], torch.stack([n * d for n, d in zip((9, 3, 3, 1), ds)]))
+    # d/d basis(y, x) = sigmoid'(c_q) * c_q of the pixel's quadrant; nothing outside the box
+    expected = torch.zeros(10, 10)
+    expected[4:7, 4:7] = ds[0] * logits[0]
+    expected[4:7, 7] = ds[1] * logits[1]
+    expected[7, 4:7] = ds[2] * logits[2]
+    expected[7, 7] = ds[3] * logits[3]
+    torch.testing.assert_close(basis.grad[0], expected)
 
 
 def test_mismatched_coefficients_raise():

@@ -4,11 +4,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.structures import BoxMode
 
-from sipmask import add_sipmask_config
-from sipmask.data import SSDDatasetMapper, build_sipmask_train_mapper, expand, min_iou_random_crop
+from onestage.config import get_cfg
+from onestage.data import build_train_mapper
+from sipmask.data import SSDDatasetMapper, expand, min_iou_random_crop
 from sipmask.data.ssd_augmentation import _iou_plus1, photometric_distortion
 from tests.conftest import REPO_ROOT
 
@@ -61,10 +61,9 @@ def test_photometric_distortion_keeps_shape_and_changes_colour():
 
 def test_ssd_mapper_output(tmp_path):
     cfg = get_cfg()
-    add_sipmask_config(cfg)
     cfg.merge_from_file(str(REPO_ROOT / "configs/SipMask/sipmask_r50_caffe_fpn_ssd_6x.yaml"))
     cfg.MODEL.SIPMASK.FIXED_INPUT_SIZE_TRAIN = [64, 96]
-    assert isinstance(build_sipmask_train_mapper(cfg), SSDDatasetMapper)
+    assert isinstance(build_train_mapper(cfg), SSDDatasetMapper)
     image = np.zeros((50, 80, 3), dtype=np.uint8)
     cv2.rectangle(image, (10, 10), (39, 29), (255, 255, 255), -1)
     cv2.imwrite(str(tmp_path / "a.png"), image)
@@ -88,8 +87,8 @@ def test_ssd_mapper_output(tmp_path):
         x1, y1, x2, y2 = inst.gt_boxes.tensor[0].tolist()
         assert xs.min() >= x1 - 1 and xs.max() <= x2 + 1 and ys.min() >= y1 - 1 and ys.max() <= y2 + 1
     assert "annotations" not in out
-    cfg.INPUT.SSD_AUGMENTATION = False
-    assert build_sipmask_train_mapper(cfg) is None
+    cfg.INPUT.DATASET_MAPPER_NAME = "DatasetMapper"
+    assert not isinstance(build_train_mapper(cfg), SSDDatasetMapper)
 
 
 class _Mapped(torch.utils.data.Dataset):

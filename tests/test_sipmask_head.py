@@ -6,22 +6,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 from torchvision.ops import deform_conv2d
 
-from sipmask import add_sipmask_config
-from sipmask.modeling.backbone import DeformBottleneckBlock, build_sipmask_resnet_backbone, deform_block_flags
+from onestage.backbone import DeformBottleneckBlock, build_resnet_deform_backbone, deform_block_flags
+from onestage.config import get_cfg
+from onestage.fcos import select_fcos_detections
+from onestage.layers import distance_to_boxes, fast_nms, multiclass_nms
 from sipmask.modeling.crop_split import crop_split
 from sipmask.modeling.head import FeatureAlign, SipMaskHead
-from sipmask.modeling.inference import (
-    benchmark_select,
-    decode_boxes,
-    fast_nms,
-    multiclass_nms,
-    pre_nms_topk_locations,
-)
 from sipmask.modeling.losses import (
     box_iou_pairwise,
     giou_loss_benchmark,
@@ -30,7 +24,7 @@ from sipmask.modeling.losses import (
     rescoring_loss,
     rescoring_targets,
 )
-from sipmask.modeling.meta_arch import gt_masks_on_grid
+from sipmask.modeling.meta_arch import gt_masks_on_grid, pre_nms_topk_locations
 
 
 def _head(**kw):
@@ -123,13 +117,12 @@ def test_rescoring_net_spatial_sizes():
 def test_deform_interval_three_on_r101():
     assert deform_block_flags(4, 3) == [True, False, False, True]
     cfg = get_cfg()
-    add_sipmask_config(cfg)
     cfg.MODEL.RESNETS.DEPTH = 101
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.RESNETS.STRIDE_IN_1X1 = True
     cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, True, True, True]
     cfg.MODEL.RESNETS.DEFORM_INTERVAL = 3
-    net = build_sipmask_resnet_backbone(cfg, ShapeSpec(channels=3))
+    net = build_resnet_deform_backbone(cfg, ShapeSpec(channels=3))
     deform = sorted(n for n, m in net.named_modules() if isinstance(m, DeformBottleneckBlock))
     expected = ["res3.0", "res3.3", "res5.0"] + [f"res4.{b}" for b in range(0, 23, 3)]
     assert deform == sorted(expected) and len(deform) == 11
@@ -317,11 +310,12 @@ def test_multiclass_nms_threshold_on_raw_class_prob_and_plus_one_iou():
     assert sorted(rows.tolist()) == [0, 1, 2]
 
 
-def test_benchmark_select_sqrt_score_and_per_level_topk():
+def test_benchmark_selection_sqrt_score_and_per_level_topk():
+    """SipMask-benchmark post-processing: the shared FCOS decoder with the "+1" box convention."""
     boxes = [torch.tensor([[0.0, 0.0, 5.0, 5.0], [20.0, 20.0, 30.0, 30.0]]), torch.tensor([[40.0, 0, 50, 9]])]
     cls = [torch.tensor([[0.5, 0.04], [0.3, 0.2]]), torch.tensor([[0.9, 0.0]])]
     ctr = [torch.tensor([0.5, 0.8]), torch.tensor([0.1])]
-    rows, classes, scores = benchmark_select(boxes, cls, ctr, 0.05, 2, 0.6, 100)
+    rows, classes, scores = select_fcos_detections(boxes, cls, ctr, 0.05, 2, 0.6, 100, plus_one=True)
     # level 0 candidates: (0,c0) 0.25, (1,c0) 0.24, (1,c1) 0.16 -> top 2; level 1: (2,c0) 0.09
     assert sorted(zip(rows.tolist(), classes.tolist())) == [(0, 0), (1, 0), (2, 0)]
     torch.testing.assert_close(scores, torch.tensor([0.25, 0.24, 0.09]).sqrt())
@@ -332,7 +326,7 @@ def test_pre_nms_topk_and_decode():
     ctr = torch.tensor([0.1, 1.0, 1.0])
     assert pre_nms_topk_locations(cls, ctr, 2).tolist() == [1, 2]
     assert pre_nms_topk_locations(cls, ctr, 5).tolist() == [0, 1, 2]
-    boxes = decode_boxes(torch.tensor([[10.0, 20.0]]), torch.tensor([[1.0, 2.0, 3.0, -4.0]]))
+    boxes = distance_to_boxes(torch.tensor([[10.0, 20.0]]), torch.tensor([[1.0, 2.0, 3.0, -4.0]]))
     assert boxes.tolist() == [[9.0, 18.0, 13.0, 16.0]]  # linear regression may invert boxes
 
 

@@ -7,13 +7,12 @@ ground-truth masks pushed through the grid and back reach only ~0.92 mean IoU (a
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from learning import memorise_and_evaluate, tiny_dataset
 
-from sipmask import add_sipmask_config
+from onestage.config import get_cfg
 
 DATASET = "sipmask_learning_tiny"
 
@@ -26,7 +25,6 @@ def dicts(tmp_path_factory) -> list[dict]:
 def test_sipmask_memorises_tiny_synthetic_set(dicts):
     torch.manual_seed(0)
     cfg = get_cfg()
-    add_sipmask_config(cfg)
     cfg.merge_from_file("configs/SipMask/SipMask-synthetic.yaml")
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.SIPMASK.NUM_CLASSES = len(MetadataCatalog.get(DATASET).thing_classes)

@@ -30,9 +30,9 @@ def make_args(output_dir, *opts, eval_only=False, config=CONFIG):
     )  # fmt: skip
 
 
-# score threshold 0: even after two iterations every image has detections, so AP is a number (with
-# none at all Detectron2 reports NaN)
-SCORED = ["MODEL.FCOS.INFERENCE_TH_TEST", "0.0"]
+# score threshold 0: even after two iterations every image has (10) detections, so AP is a number
+# (with none at all Detectron2 reports NaN)
+SCORED = ["MODEL.FCOS.INFERENCE_TH_TEST", "0.0", "MODEL.FCOS.POST_NMS_TOPK_TEST", "10"]
 
 
 def final_metrics(output_dir: Path) -> dict:
@@ -77,14 +77,23 @@ def test_eval_only_loads_weights(trained, tmp_path, monkeypatch):
     state = model.state_dict()
     assert set(state) == set(saved)
     assert [k for k in saved if not torch.equal(state[k], saved[k])] == []
-    # ... and scores what the trained model scored in its final evaluation
+    # ... and predicts and scores what the trained model did in its final evaluation (after two
+    # iterations AP may well be 0, but the detection scores tell other weights apart)
+    detections = [
+        json.loads((out / "inference/synthetic_shapes_tiny/coco_instances_results.json").read_text())
+        for out in (trained, tmp_path)
+    ]
+    assert len(detections[0]) == len(detections[1]) > 0
+    for before, after in zip(*detections, strict=True):
+        assert (before["image_id"], before["category_id"]) == (after["image_id"], after["category_id"])
+        assert after["score"] == pytest.approx(before["score"], abs=1e-6)
+        assert after["bbox"] == pytest.approx(before["bbox"], abs=1e-3)
     assert set(results) == {"bbox", "segm"}
     final = final_metrics(trained)
     for task in ("bbox", "segm"):
         ap = results[task]["AP"]
         assert math.isfinite(ap) and 0.0 <= ap <= 100.0, (task, ap)
         assert ap == pytest.approx(final[f"{task}/AP"], abs=1e-9)
-    assert (tmp_path / "inference/synthetic_shapes_tiny/coco_instances_results.json").is_file()
 
 
 def test_amp_on_cpu_trains(tmp_path):

@@ -6,7 +6,6 @@ import logging
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-
 from random_vis_cases import random_gt_and_results
 
 from vis_eval.evaluation import EvalParams, evaluate, reference_evaluate

@@ -2,13 +2,14 @@
 
 import json
 import math
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-
 from random_vis_cases import random_gt_and_results
 
 from vis_eval import evaluate as evaluate_cli
@@ -110,11 +111,11 @@ def test_validator_reports_problems(tmp_path, case):
         "differs from the video's frame size": dict(
             good, segmentations=[encode_mask(np.ones((h, w + 1), bool))] * n
         ),
-        "category_id 99 is not a dataset category": dict(good, category_id=99),
+        "category_id 99 not in the ground truth's categories": dict(good, category_id=99),
         "is not a finite number": dict(good, score=float("nan")),
         "score '0.5' is not a finite number": dict(good, score="0.5"),
         "uncompressed RLE": dict(good, segmentations=[{"size": [h, w], "counts": [0, h * w]}] * n),
-        "do not decode to a mask of the stated size": dict(
+        "do not decode to a mask of their stated size": dict(
             good, segmentations=[{"size": [h, w], "counts": "0"}] * n
         ),
         "outside the compressed RLE alphabet": dict(
@@ -218,7 +219,7 @@ def test_gt_from_dataset_dicts_matches_json(tmp_path, case):
     np.testing.assert_array_equal(evaluate(rebuilt, res).stats, evaluate(gt, res).stats)
 
 
-def test_malformed_masks_refused_before_evaluation(tmp_path, case, capsys):
+def test_malformed_masks_refused_before_evaluation(tmp_path, case):
     gt, res = case
     v = gt["videos"][0]
     h, w, n = v["height"], v["width"], v["length"]
@@ -239,15 +240,22 @@ def test_malformed_masks_refused_before_evaluation(tmp_path, case, capsys):
     assert n_bad == 4 and len(msgs) == 4
     last = f"frame {n - 1}: RLE"
     assert sorted(msgs) == [
-        f"result #0, {last} counts do not decode to a mask of its stated size",
-        f"result #1, {last} counts do not decode to a mask of its stated size",
+        f"result #0, {last} counts do not decode to a mask of their stated size",
+        f"result #1, {last} counts do not decode to a mask of their stated size",
         f"result #2, {last} runs do not cover its {h} x {w} pixels",
         f"result #3, {last} size [{h}] is not [H, W]",
     ]
-    # the command refuses the file (pycocotools would loop forever comparing such masks; the track's
-    # category is not evaluated, so a broken check fails this test instead of hanging it)
+    # the command refuses the file (pycocotools would loop forever comparing such masks): the
+    # evaluation finds it in its area pass; run in a subprocess with a timeout, so that a broken
+    # check fails this test instead of hanging it
     gt_path, res_path = tmp_path / "gt.json", tmp_path / "res.json"
     gt_path.write_text(json.dumps(gt))
-    res_path.write_text(json.dumps(res + [dict(tracks[0], category_id=10**6)]))
-    assert evaluate_cli.main([str(gt_path), str(res_path)]) == 2
-    assert "1 malformed result mask(s)" in capsys.readouterr().err
+    res_path.write_text(json.dumps(res + [dict(tracks[0], score=0.99)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "vis_eval.evaluate", str(gt_path), str(res_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "1 malformed result mask(s)" in proc.stderr and f"frame {n - 1}" in proc.stderr

@@ -31,7 +31,7 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from onestage.config import get_cfg
+from onestage.config import load_config
 
 # Stage name -> dotted paths of the submodules it covers (those present in a model are hooked).
 STAGES: dict[str, tuple[str, ...]] = {
@@ -46,12 +46,7 @@ STAGES: dict[str, tuple[str, ...]] = {
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = args.device
-    cfg.freeze()
-    return cfg
+    return load_config(args.config_file, args.opts, device=args.device)
 
 
 def load_inputs(cfg: CfgNode, pattern: str | None, count: int) -> list[dict]:

@@ -115,12 +115,9 @@ def worker(args: argparse.Namespace, num_frames: int) -> dict:
     if args.config_file:
         from detectron2.modeling import build_model
 
-        from onestage.config import get_cfg
+        from onestage.config import load_config
 
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        cfg.MODEL.DEVICE = "cpu"
+        cfg = load_config(args.config_file, args.opts, device="cpu")
         model = build_model(cfg).eval()
         runner = VideoRunner.from_config(cfg, model, MaskIoUTracker)
         model_name = Path(args.config_file).name

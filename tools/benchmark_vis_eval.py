@@ -8,7 +8,16 @@ them with ``vis_eval.evaluation.evaluate`` and with the loop transcription
 checks that the results are identical and prints both times and the ratio (evaluation only, and
 including the JSON parsing both need).
 
-    python tools/benchmark_vis_eval.py [--videos 100] [--regime dense|crowded|sparse] [--repeat 3] [--out DIR]
+    python tools/benchmark_vis_eval.py [--videos 100] [--regime dense|crowded|sparse|busy] [--repeat 3] [--out DIR]
+
+Whole processes (``--whole-process``): writes a 300-video ``busy`` file (about 12k result tracks,
+165k masks, 27 MB of RLE) and a 300-video ``sparse`` one, then runs, interleaved (A B A B ...),
+``python -m vis_eval.evaluate GT RESULTS --json OUT`` and the official baseline process
+(``--official-process GT RESULTS``: imports numpy and pycocotools, ``json.load`` of both files,
+the plain transcription of the official algorithm), checks that the 12 stats are equal and prints
+the median times and their ratio, plus the time of ``python -m vis_eval.evaluate --help``::
+
+    python tools/benchmark_vis_eval.py --whole-process [--rounds 5] [--out DIR]
 
 Both implementations spend their per-mask time in the same pycocotools C routines (parsing each
 RLE string, its area; the reference also its box and two merges per (pair, frame)); the fast one
@@ -24,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,9 +41,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vis_eval.evaluation import evaluate, format_summary, reference_evaluate
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)  # run as a script from anywhere
+from vis_eval.evaluation import evaluate, format_summary, reference_evaluate  # noqa: E402
 
-TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+TESTS_DIR = os.path.join(REPO_ROOT, "tests")
 
 # random-data regimes: frames of 240-480 px, 15-36 frames per video, 40 categories; results are
 # jittered copies of the GT tracks (1-3 per object) plus false positives (2-6 per video)
@@ -44,6 +56,16 @@ REGIMES = {
     "dense": dict(gt_per_video=(4, 10), cats_per_video=1, obj_frac=(0.08, 0.25)),
     # YouTube-VIS-like sparse videos: 1-3 objects of any category (YouTube-VIS: ~1.7 per video)
     "sparse": dict(gt_per_video=(1, 3), cats_per_video=None, obj_frac=(0.1, 0.5)),
+    # many tracks of many categories per video (~40 result tracks, shorter videos): the issue's
+    # 300-video file (12k result tracks, 174k masks, 26 MB)
+    "busy": dict(
+        gt_per_video=(4, 10),
+        cats_per_video=None,
+        obj_frac=(0.08, 0.25),
+        dets_per_gt=(3, 6),
+        false_pos=(4, 10),
+        len_range=(10, 22),
+    ),
 }
 
 
@@ -53,8 +75,7 @@ def make_files(out_dir: str, n_videos: int, seed: int, regime: str = "crowded") 
     from random_vis_cases import random_gt_and_results
 
     rng = np.random.default_rng(seed)
-    gt, results = random_gt_and_results(
-        rng,
+    kwargs = dict(
         n_videos=n_videos,
         n_cats=40,
         size_range=(240, 480),
@@ -63,8 +84,9 @@ def make_files(out_dir: str, n_videos: int, seed: int, regime: str = "crowded") 
         false_pos=(2, 6),
         p_null=0.1,
         quirks=False,
-        **REGIMES[regime],
     )
+    kwargs.update(REGIMES[regime])
+    gt, results = random_gt_and_results(rng, **kwargs)
     gt_path = os.path.join(out_dir, "gt.json")
     res_path = os.path.join(out_dir, "results.json")
     with open(gt_path, "w") as f:
@@ -90,8 +112,64 @@ def _load(gt_path: str, res_path: str) -> tuple[dict, list]:
         return gt, json.load(f)
 
 
+def official_process(gt_path: str, res_path: str, json_out: str | None) -> int:
+    """The official whole process: json.load of both files, then the official algorithm."""
+    with open(gt_path) as f:
+        gt = json.load(f)
+    with open(res_path) as f:
+        results = json.load(f)
+    res = reference_evaluate(gt, results)
+    print(format_summary(res.stats))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"stats": res.as_dict()}, f)
+    return 0
+
+
+def _run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO_ROOT)
+    return time.perf_counter() - t0
+
+
+def whole_process(out_dir: str, rounds: int) -> int:
+    """Interleaved whole-process timings of ``vis_eval.evaluate`` and the official baseline."""
+    py = sys.executable
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)")
+    helps = [_run([py, "-m", "vis_eval.evaluate", "--help"]) for _ in range(5)]
+    print(f"python -m vis_eval.evaluate --help: median {np.median(helps):.3f} s")
+    status = 0
+    for regime in ("busy", "sparse"):
+        sub = os.path.join(out_dir, regime)
+        os.makedirs(sub, exist_ok=True)
+        gt_path, res_path = make_files(sub, 300, 0, regime)
+        ours_json, off_json = os.path.join(sub, "ours.json"), os.path.join(sub, "official.json")
+        ours_cmd = [py, "-m", "vis_eval.evaluate", gt_path, res_path, "--json", ours_json]
+        off_cmd = [py, os.path.abspath(__file__), "--official-process", gt_path, res_path, "--json", off_json]
+        t_ours, t_off = [], []
+        for _ in range(rounds):
+            t_off.append(_run(off_cmd))
+            t_ours.append(_run(ours_cmd))
+        with open(ours_json) as f:
+            a = json.load(f)["stats"]
+        with open(off_json) as f:
+            b = json.load(f)["stats"]
+        same = list(a) == list(b) and all(abs(a[k] - b[k]) <= 1e-12 for k in a)
+        mo, mu = float(np.median(t_off)), float(np.median(t_ours))
+        print(
+            f"{regime}: official {mo:.2f} s, vis_eval.evaluate {mu:.2f} s (medians of {rounds}), "
+            f"speed-up {mo / mu:.2f}x, equal stats: {same}; load {os.getloadavg()[0]:.2f}"
+        )
+        status |= 0 if same else 1
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--whole-process", action="store_true", help="time whole processes (see above)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of --whole-process")
+    parser.add_argument("--official-process", nargs=2, metavar=("GT", "RESULTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--videos", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--regime", choices=sorted(REGIMES), default="crowded")
@@ -99,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="directory for the generated JSON files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    if args.official_process:
+        return official_process(*args.official_process, args.json)
+    if args.whole_process:
+        with tempfile.TemporaryDirectory() as tmp:
+            return whole_process(args.out or tmp, args.rounds)
 
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out or tmp

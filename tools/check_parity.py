@@ -158,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(REPO))
-    import vis_eval  # noqa: F401  (trees whose datasets register on import)
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0

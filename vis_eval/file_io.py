@@ -8,26 +8,42 @@ servers expect; an archive with no such member, or with several, is refused. Mem
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import zipfile
+import zlib
 from typing import Any
 
 __all__ = ["read_json"]
 
 
-def _zip_json_member(path: str) -> tuple[str, str]:
-    """(member name, text) of the single root-level ``.json`` member of the zip archive ``path``."""
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        members = [n for n in names if n.lower().endswith(".json") and "/" not in n]
-        if len(members) != 1:
-            found = "none" if not members else ", ".join(members)
-            raise ValueError(
-                f"{path}: a zip archive must hold exactly one .json file at its root "
-                f"(e.g. results.json); found {found} among {names[:5]}"
-            )
-        return members[0], zf.read(members[0]).decode("utf-8")
+def _zip_json_member(path: str) -> tuple[str, bytes]:
+    """(member name, bytes) of the single root-level ``.json`` member of the zip archive ``path``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            members = [n for n in names if n.lower().endswith(".json") and "/" not in n]
+            if len(members) != 1:
+                found = "none" if not members else ", ".join(members)
+                raise ValueError(
+                    f"{path}: a zip archive must hold exactly one .json file at its root "
+                    f"(e.g. results.json); found {found} among {names[:5]}"
+                )
+            return members[0], zf.read(members[0])
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        raise ValueError(f"{path}: corrupt zip archive ({e})") from e
+
+
+def _parse(data: str | bytes) -> Any:
+    """``json.loads`` with the garbage collector paused (millions of small objects, no cycles)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return json.loads(data)
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -42,16 +58,18 @@ def read_json(path: str | os.PathLike) -> Any:
         from detectron2.utils.file_io import PathManager
 
         with PathManager.open(path, "r") as f:
-            text = f.read()
+            data: str | bytes = f.read()
     elif not os.path.isfile(path):
         raise FileNotFoundError(f"JSON file not found: {path}")
     elif zipfile.is_zipfile(path):
-        member, text = _zip_json_member(path)
+        member, data = _zip_json_member(path)
         source = f"{path}:{member}"
     else:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     try:
-        return json.loads(text)
+        return _parse(data)
     except json.JSONDecodeError as e:
         raise ValueError(f"{source}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: not UTF-8 text ({e.reason})") from e

@@ -141,3 +141,97 @@ def decode_counts(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarra
     if counts.size and counts.min() < 0:
         raise ValueError("negative run length in a compressed RLE counts string")
     return counts, offsets
+
+
+_SIGNED5 = np.array([c - 32 * (c >= 16) for c in range(32)] + [0] * 224, np.int32)
+
+
+def run_sums(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area (sum of the 1-runs), run total and well-formedness of many compressed RLE ``counts`` strings.
+
+    One vectorised pass over the characters, with pycocotools' own arithmetic (run lengths are
+    unsigned 32-bit, each delta added modulo 2**32). Returns int64 ``area``, int64 ``total`` and bool
+    ``ok`` per string; ``ok`` is False for characters outside the alphabet, a truncated last number, a
+    number using more than 60 bits or a run of 2**31 pixels or more (a negative run). A string
+    with ``ok`` whose ``total`` is H x W is safe to give pycocotools, and ``area`` is then its
+    ``mask.area``. Faster than :func:`decode_counts`, which keeps every run.
+    """
+    n = len(strings)
+    area, total, ok = np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, bool)
+    if n == 0:
+        return area, total, ok
+    try:
+        buf = "".join(strings).encode("ascii")
+        lens = np.fromiter(map(len, strings), np.int64, n)
+    except (TypeError, UnicodeEncodeError):  # bytes, or non-ASCII text: string by string
+        raw = []
+        for i, s in enumerate(strings):
+            try:
+                raw.append(s.encode("ascii") if isinstance(s, str) else bytes(s))
+            except (UnicodeEncodeError, TypeError):
+                raw.append(b"")
+                ok[i] = False
+        buf = b"".join(raw)
+        lens = np.fromiter(map(len, raw), np.int64, n)
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=off[1:])
+    u = np.frombuffer(buf, np.uint8) - np.uint8(48)  # wraps: characters outside 48..111 give > 63
+    bad = np.flatnonzero(u > 63)
+    if bad.size:
+        ok[np.searchsorted(off, bad, side="right") - 1] = False
+        u[bad] = 0
+    last = off[1:][lens > 0] - 1
+    truncated = last[u[last] >= 32]
+    if truncated.size:
+        ok[np.searchsorted(off, truncated, side="right") - 1] = False
+        u[truncated] = 0
+    is_end = u < 32
+    cont = np.flatnonzero(~is_end)  # continuation characters (a few per cent)
+    x = _SIGNED5[u[is_end]]  # one-character numbers: 4 value bits and a sign bit
+    runs = off - np.searchsorted(cont, off)  # first number of each string
+    if cont.size:
+        # numbers of several characters: number index of each continuation character
+        num = cont - np.arange(cont.size)
+        first = np.flatnonzero(np.r_[True, num[1:] != num[:-1]])
+        multi, g = num[first], np.diff(np.r_[first, cont.size])
+        k = np.arange(cont.size) - np.repeat(first, g)  # group index inside the number
+        # groups past the twelfth (60 bits) must be zero padding
+        too_long = np.r_[multi[(g >= 12) & (x[multi] != 0)], num[(k >= 12) & (u[cont] != 32)]]
+        if too_long.size:
+            ok[np.searchsorted(runs, too_long, side="right") - 1] = False
+        low = (u[cont].astype(np.int64) - 32) << (5 * np.minimum(k, 12))
+        val = (x[multi].astype(np.int64) << (5 * np.minimum(g, 12))) + np.add.reduceat(low, first)
+        x[multi] = val.astype(np.int32)  # low 32 bits, as pycocotools' cast to uint
+    m = np.diff(runs)
+    has = m > 0
+    idx = runs[:-1][has]
+    if idx.size == 0:
+        return area, total, ok
+    # deltas apply within each string's odd and even chains (the even one from its third number);
+    # positions of one global parity hold one chain of each string: two segmented cumulative sums
+    c = np.empty_like(x)
+    r0, r1 = runs[:-1][has], runs[1:][has]
+    for p in (0, 1):
+        view = x[p::2]
+        k0 = r0 + ((r0 + p) & 1)  # first number of this parity in each string
+        seg = np.sort(np.r_[k0[k0 < r1], (r0 + 2)[((r0 & 1) == p) & (r0 + 2 < r1)]]) // 2
+        y = view.copy()
+        if seg.size:
+            ssum = np.add.reduceat(view, seg)
+            y[seg[1:]] -= ssum[:-1]
+            y[: seg[0]] = 0
+        np.cumsum(y, out=c[p::2])
+    neg = np.flatnonzero(c < 0)
+    if neg.size:
+        ok[np.searchsorted(runs, neg, side="right") - 1] = False
+    sums = []
+    for p in (0, 1):
+        lo, hi = (r0 - p + 1) // 2, (r1 - p + 1) // 2  # this parity's numbers of each string: [lo, hi)
+        part = np.zeros(idx.size, np.int64)
+        nz = hi > lo
+        if nz.any():
+            part[nz] = np.add.reduceat(c[p::2], lo[nz], dtype=np.int64)
+        sums.append(part)
+    total[has] = sums[0] + sums[1]
+    area[has] = np.where((r0 & 1) == 0, sums[1], sums[0])  # the numbers of odd rank in the string
+    return area, total, ok

@@ -219,7 +219,8 @@ class FCOS(nn.Module):
         ctr_targets = centerness_targets(reg_targets[pos])
         ctr_norm = reduce_mean(ctr_targets.sum().detach()).clamp(min=1e-6)
         loss_loc = (
-            iou_loss(regs_flat[pos], reg_targets[pos], self.loc_loss_type, smooth=1.0, clamp_overlap=False) * ctr_targets
+            iou_loss(regs_flat[pos], reg_targets[pos], self.loc_loss_type, smooth=1.0, clamp_overlap=False)
+            * ctr_targets
         ).sum() / ctr_norm
         loss_ctr = (
             F.binary_cross_entropy_with_logits(ctrs_flat[pos], ctr_targets, reduction="sum") / num_pos_avg

@@ -54,7 +54,9 @@ class FCOSHead(nn.Module):
         self.cls_logits = nn.Conv2d(in_channels, num_classes, kernel_size=3, stride=1, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, kernel_size=3, stride=1, padding=1)
         self.ctrness = nn.Conv2d(in_channels, 1, kernel_size=3, stride=1, padding=1)
-        self.scales = nn.ModuleList([Scale(1.0, shape=(1,)) for _ in range(num_levels)]) if use_scale else None
+        self.scales = (
+            nn.ModuleList([Scale(1.0, shape=(1,)) for _ in range(num_levels)]) if use_scale else None
+        )
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):

@@ -5,7 +5,7 @@ from .boxes import distance_to_boxes, plus_one_boxes
 from .comm import reduce_mean
 from .deform_conv import DeformConv, ModulatedDeformConv, offset_conv
 from .iou_loss import boxes_as_distances, iou_loss
-from .nms import fast_nms, fast_nms_cross_class, multiclass_nms, pairwise_iou_batched
+from .nms import fast_nms, multiclass_nms, pairwise_iou_batched
 from .scale import Scale
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "boxes_as_distances",
     "distance_to_boxes",
     "fast_nms",
-    "fast_nms_cross_class",
     "iou_loss",
     "multiclass_nms",
     "offset_conv",

@@ -167,6 +167,7 @@ class ModulatedDeformConv(DeformConv):
         norm: nn.Module | None = None,
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        # Detectron2's signature (positional order included); only the bias default differs.
         super().__init__(
             in_channels,
             out_channels,

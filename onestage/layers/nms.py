@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .boxes import plus_one_boxes
 
-__all__ = ["fast_nms", "fast_nms_cross_class", "multiclass_nms", "pairwise_iou_batched"]
+__all__ = ["fast_nms", "multiclass_nms", "pairwise_iou_batched"]
 
 
 def multiclass_nms(
@@ -45,11 +45,6 @@ def pairwise_iou_batched(boxes: Tensor) -> Tensor:
     return inter / (area[:, :, None] + area[:, None, :] - inter)
 
 
-def _empty(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    return empty, empty, scores.new_zeros(0)
-
-
 def fast_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -57,10 +52,13 @@ def fast_nms(
     iou_thresh: float,
     top_k: int = 200,
     max_dets: int = 100,
+    cross_class: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Class-wise Fast NMS (YOLACT): per class, the ``top_k`` highest-scored boxes; a box is dropped
-    when *any* higher-scored box of its class overlaps it by more than ``iou_thresh``, suppressed or
-    not, or when its score is ``<= score_thresh``.
+    """Fast NMS (YOLACT): among the ``top_k`` highest-scored boxes a box is dropped when *any*
+    higher-scored one overlaps it by more than ``iou_thresh``, suppressed or not, or when its score
+    is ``<= score_thresh``. Class-wise (the ``top_k`` of each class suppress within their class) or,
+    with ``cross_class`` (STMask's default), each box takes its best class and the ``top_k`` boxes
+    suppress each other whatever their classes.
 
     Args:
         boxes: (L, 4); scores: (L, C).
@@ -70,41 +68,22 @@ def fast_nms(
     num, num_classes = scores.shape
     k = min(top_k, num)
     if k == 0:
-        return _empty(boxes, scores)
-    top_scores, idx = scores.t().sort(dim=1, descending=True)
-    top_scores, idx = top_scores[:, :k], idx[:, :k]  # (C, k)
+        empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
+        return empty, empty, scores.new_zeros(0)
+    if cross_class:
+        best, best_class = scores.max(dim=1)
+        groups = best[None]  # (1, L): one group holding every box
+    else:
+        groups = scores.t()  # (C, L): one group per class
+    top_scores, idx = groups.sort(dim=1, descending=True)
+    top_scores, idx = top_scores[:, :k], idx[:, :k]  # (G, k)
     iou = pairwise_iou_batched(boxes[idx]).triu(diagonal=1)
-    iou_max = iou.amax(dim=1)  # (C, k): max IoU with any higher-scored box
+    iou_max = iou.amax(dim=1)  # (G, k): max IoU with any higher-scored box of the group
     keep = (iou_max <= iou_thresh) & (top_scores > score_thresh)
-    classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)[keep]
     rows, kept_scores = idx[keep], top_scores[keep]
+    if cross_class:
+        classes = best_class[rows]
+    else:
+        classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)[keep]
     order = kept_scores.argsort(descending=True)[:max_dets]
     return rows[order], classes[order], kept_scores[order]
-
-
-def fast_nms_cross_class(
-    boxes: Tensor,
-    scores: Tensor,
-    score_thresh: float,
-    iou_thresh: float,
-    top_k: int = 200,
-    max_dets: int = 100,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Cross-class Fast NMS (YOLACT / STMask default): each box takes its best class; the ``top_k``
-    boxes by that score suppress each other whatever their classes, with the Fast NMS rule of
-    :func:`fast_nms`.
-
-    Args:
-        boxes: (L, 4); scores: (L, C).
-    Returns:
-        rows (D,), classes (D,), scores (D,), sorted by score, D <= ``max_dets``.
-    """
-    if scores.shape[0] == 0 or top_k == 0:
-        return _empty(boxes, scores)
-    best, classes = scores.max(dim=1)
-    top_scores, idx = best.sort(descending=True)
-    top_scores, idx = top_scores[:top_k], idx[:top_k]
-    iou = pairwise_iou_batched(boxes[idx][None])[0].triu(diagonal=1)
-    keep = (iou.amax(dim=0) <= iou_thresh) & (top_scores > score_thresh)
-    rows, kept_scores = idx[keep][:max_dets], top_scores[keep][:max_dets]
-    return rows, classes[rows], kept_scores

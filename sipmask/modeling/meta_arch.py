@@ -502,7 +502,6 @@ class SipMask(DenseDetector):
         return out
 
 
-
 def _all_reduce_mean(value: float, device: torch.device) -> float:
     """Mean of the float ``value`` over all processes."""
     return float(reduce_mean(torch.tensor(value, device=device)))

@@ -5,9 +5,11 @@ Evaluate a YouTube-VIS results file against annotations with the exact video AP:
     python -m vis_eval.evaluate GT.json RESULTS.json|results.zip [--per-category] [--json OUT]
 
 Prints the 12 stats (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l); -1 marks an undefined stat.
-Result masks whose RLE does not decode to its stated size are refused first (pycocotools would loop
-forever on them); ``--no-mask-check`` skips that check, which decodes every result RLE string and
-takes about as long as the evaluation (longer on sparse files).
+Invalid results are refused before scoring (exit status 2), with the checks of ``vis_eval.validate``
+(:func:`vis_eval.evaluation.results.check_results`): unknown videos or categories, scores that are not
+finite numbers, ``segmentations`` lists that are not one entry per frame, duplicate tracks. Masks
+whose RLE runs do not cover their H x W pixels are refused by the evaluation itself (pycocotools
+would loop forever on them), in the pass that computes the mask areas.
 
 Check a results file before evaluation or upload (exit status 1 when it has errors)::
 
@@ -26,7 +28,7 @@ import time
 
 from .params import format_summary, load_gt, load_results
 from .reference import reference_evaluate
-from .results import malformed_masks, validate_results
+from .results import ValidationReport, check_results, malformed_masks, validate_results
 from .ytviseval import evaluate
 
 __all__ = ["evaluate_main", "validate_main"]
@@ -40,16 +42,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-category", action="store_true", help="also print AP per category")
     parser.add_argument("--json", default=None, help="write the stats (and per-category AP) to this file")
     parser.add_argument("--reference", action="store_true", help="use the slow plain-loop implementation")
-    parser.add_argument(
-        "--no-mask-check", action="store_true", help="skip decoding every result RLE to check its size"
-    )
+    parser.add_argument("--no-mask-check", action="store_true", help=argparse.SUPPRESS)  # no longer needed
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     try:
         gt = load_gt(args.gt)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(
+            f"error: {args.gt}: {e}" if str(e).startswith("ground truth") else f"error: {e}", file=sys.stderr
+        )
         return 2
     if not gt.get("annotations"):
         print(
@@ -62,13 +64,23 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not args.no_mask_check:
-        msgs, n_bad = malformed_masks(results)
-        if n_bad:
-            for m in msgs:
-                print(f"error: {m}", file=sys.stderr)
-            print(f"error: {n_bad} malformed result mask(s) in {args.results}", file=sys.stderr)
-            return 2
+    report = ValidationReport()
+
+    def err(msg: str) -> None:
+        report.n_errors += 1
+        if len(report.errors) < 20:
+            report.errors.append(msg)
+
+    videos = {v["id"]: (int(v.get("length", len(v.get("file_names", [])))), 0, 0) for v in gt["videos"]}
+    check_results(results, videos, {c["id"] for c in gt["categories"]}, err, lambda msg: None)
+    if args.reference and not report.n_errors:  # the fast evaluation checks the masks itself
+        for m in malformed_masks(results)[0]:
+            err(m)
+    if report.n_errors:
+        for m in report.errors:
+            print(f"error: {m}", file=sys.stderr)
+        print(f"error: {report.n_errors} problem(s) in {args.results}; nothing scored", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     try:
         res = (reference_evaluate if args.reference else evaluate)(gt, results)

@@ -14,6 +14,7 @@ __all__ = [
     "EvalResult",
     "STAT_NAMES",
     "STAT_TABLE",
+    "check_gt_fields",
     "load_gt",
     "load_results",
     "prepare_inputs",
@@ -148,7 +149,37 @@ def load_gt(gt: dict | str | os.PathLike) -> dict:
         raise ValueError("ground truth must be a JSON object with a 'videos' list")
     if not isinstance(gt.get("categories"), list):
         raise ValueError("ground truth must have a 'categories' list")
+    check_gt_fields(gt)
     return gt
+
+
+def _missing(items: list, keys: tuple[str, ...], what: str) -> None:
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"ground truth: {what} #{i} is not an object")
+        absent = [k for k in keys if k not in item]
+        if absent:
+            name = f"{what} #{i}" + (f" (id {item['id']})" if "id" in item else "")
+            raise ValueError(f"ground truth: {name} has no {', '.join(repr(k) for k in absent)}")
+
+
+def check_gt_fields(gt: dict) -> None:
+    """Raise a ValueError naming the first video / category / annotation without a required field."""
+    if not isinstance(gt.get("videos"), list):
+        raise ValueError("ground truth must be a JSON object with a 'videos' list")
+    _missing(gt["videos"], ("id", "height", "width"), "video")
+    _missing(gt.get("categories") or [], ("id",), "category")
+    anns = gt.get("annotations")
+    if anns is None:
+        return
+    if not isinstance(anns, list):
+        raise ValueError("ground truth: 'annotations' must be a list")
+    _missing(anns, ("video_id", "category_id", "segmentations"), "annotation")
+    for i, a in enumerate(anns):
+        if not isinstance(a["segmentations"], list):
+            raise ValueError(
+                f"ground truth: annotation #{i} (id {a.get('id')}): 'segmentations' is not a list"
+            )
 
 
 def load_results(results: list | str | os.PathLike) -> list[dict]:

@@ -15,13 +15,15 @@ import os
 import re
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..file_io import read_json
-from ..rle import decode_counts, json_rle
+from ..rle import json_rle, run_sums
+from .params import check_gt_fields
 
 __all__ = [
     "normalize_results",
@@ -30,6 +32,7 @@ __all__ = [
     "ValidationReport",
     "validate_results",
     "malformed_masks",
+    "check_results",
 ]
 
 _RLE_CHARS = re.compile(r"^[0-o]*$")  # compressed RLE uses the characters 48..111
@@ -120,6 +123,7 @@ def _videos_and_categories(gt: Any) -> tuple[dict[int, tuple[int, int, int]], se
     if isinstance(gt, (str, os.PathLike)):
         gt = read_json(gt)
     if isinstance(gt, dict):
+        check_gt_fields(gt)
         videos = {
             v["id"]: (int(v.get("length", len(v["file_names"]))), int(v["height"]), int(v["width"]))
             for v in gt["videos"]
@@ -175,12 +179,73 @@ def validate_results(
     videos, cat_ids = _videos_and_categories(gt)
     if not results:
         warn("the results list is empty")
-    rle_at: list[str] = []  # RLE strings to decode: location, counts, expected pixels
+    rle_at: list[str] = []  # RLE strings to decode: location, counts, pixels of their own size
     rle_counts: list[str] = []
     rle_pixels: list[int] = []
+    usable = check_results(results, videos, cat_ids, err, warn, max_dets=max_dets)
+    for k in usable:
+        r = results[k]
+        vid = r["video_id"]
+        where = f"result #{k} (video {vid})"
+        _, h, w = videos[vid]
+        for t, s in enumerate(r["segmentations"]):
+            if s is None:
+                continue
+            at = f"{where}, frame {t}"
+            if not isinstance(s, dict) or "counts" not in s or "size" not in s:
+                err(f"{at}: expected null or a compressed RLE {{'size': [H, W], 'counts': str}}")
+                continue
+            size, counts = s["size"], s["counts"]
+            size_ok = isinstance(size, list) and len(size) == 2 and all(_is_int(x) and x >= 0 for x in size)
+            if not size_ok:
+                err(f"{at}: RLE size {size!r} is not [H, W]")
+            elif size != [h, w]:
+                err(f"{at}: RLE size {size} differs from the video's frame size [{h}, {w}]")
+            if isinstance(counts, list):
+                err(f"{at}: uncompressed RLE (list counts); the server needs compressed RLE (str counts)")
+            elif not isinstance(counts, str):
+                err(f"{at}: RLE counts must be a str, got {type(counts).__name__}")
+            elif not _RLE_CHARS.match(counts):
+                err(f"{at}: RLE counts contain characters outside the compressed RLE alphabet")
+            elif check_counts and size_ok:
+                rle_at.append(at)
+                rle_counts.append(counts)
+                rle_pixels.append(size[0] * size[1])
+    for j in _bad_run_totals(rle_counts, rle_pixels):
+        err(f"{rle_at[j]}: RLE counts do not decode to a mask of their stated size")
+    return rep
+
+
+def _contiguous_hint(bad: set, cat_ids: set) -> str:
+    """A hint when unknown category ids look like contiguous (0-based) model class indices."""
+    n = len(cat_ids)
+    if bad and min(bad) >= 0 and max(bad) < n and (0 in bad or cat_ids != set(range(1, n + 1))):
+        return " (contiguous class indices? results need the dataset's category ids)"
+    return ""
+
+
+def check_results(
+    results: list,
+    videos: dict[int, tuple[int, int, int]],
+    cat_ids: set[int] | None,
+    err: Callable[[str], None],
+    warn: Callable[[str], None],
+    max_dets: int = 100,
+) -> list[int]:
+    """The per-result checks shared by ``vis_eval.validate`` and ``vis_eval.evaluate``.
+
+    ``videos``: ``{video_id: (length, height, width)}``; ``cat_ids``: the dataset category ids (None:
+    unknown). Reports through ``err`` / ``warn`` each problem once: not an object, missing fields, an
+    unknown video or category, a score that is not a finite number, ``segmentations`` not a list or
+    not one entry per frame, duplicate tracks (same video, category and masks). Returns the indices of
+    the results whose ``video_id`` and ``segmentations`` list are usable for per-frame checks.
+    """
+    usable: list[int] = []
     per_bucket: Counter = Counter()
-    seen_videos = set()
+    seen_videos: set = set()
     empty_tracks: list[int] = []
+    first_of: dict = {}
+    unknown_cats: dict = {}
     for k, r in enumerate(results):
         where = f"result #{k}"
         if not isinstance(r, dict):
@@ -199,40 +264,34 @@ def validate_results(
         if not _is_int(cat):
             err(f"{where}: category_id {cat!r} is not an integer")
         elif cat_ids is not None and cat not in cat_ids:
-            err(f"{where}: category_id {cat} is not a dataset category id")
-        if not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(float(score)):
+            unknown_cats.setdefault(cat, where)
+        if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
             err(f"{where}: score {score!r} is not a finite number")
-        per_bucket[vid, cat] += 1
-        length, h, w = videos[vid]
+        per_bucket[vid, cat if _is_int(cat) else None] += 1
+        length = videos[vid][0]
         if not isinstance(segms, list):
             err(f"{where}: 'segmentations' must be a list with one entry per frame")
             continue
+        usable.append(k)
         if len(segms) != length:
             err(f"{where}: 'segmentations' has {len(segms)} entries, the video has {length} frames")
         if all(s is None for s in segms):
             empty_tracks.append(k)
-        for t, s in enumerate(segms):
-            if s is None:
-                continue
-            at = f"{where}, frame {t}"
-            if not isinstance(s, dict) or "counts" not in s or "size" not in s:
-                err(f"{at}: expected null or a compressed RLE {{'size': [H, W], 'counts': str}}")
-                continue
-            size, counts = s["size"], s["counts"]
-            if not (isinstance(size, list) and len(size) == 2 and all(_is_int(x) for x in size)):
-                err(f"{at}: RLE size {size!r} is not [H, W]")
-            elif size != [h, w]:
-                err(f"{at}: RLE size {size} differs from the video's frame size [{h}, {w}]")
-            if isinstance(counts, list):
-                err(f"{at}: uncompressed RLE (list counts); the server needs compressed RLE (str counts)")
-            elif not isinstance(counts, str):
-                err(f"{at}: RLE counts must be a str, got {type(counts).__name__}")
-            elif not _RLE_CHARS.match(counts):
-                err(f"{at}: RLE counts contain characters outside the compressed RLE alphabet")
-            elif check_counts:
-                rle_at.append(at)
-                rle_counts.append(counts)
-                rle_pixels.append(h * w)
+            continue
+        try:
+            key = (vid, cat, tuple(s.get("counts") if isinstance(s, dict) else s for s in segms))
+            j = first_of.setdefault(key, k)
+        except TypeError:  # unhashable (e.g. uncompressed) masks: not compared
+            continue
+        if j != k:
+            err(f"{where}: duplicate of result #{j} (same video, category and masks)")
+    if unknown_cats:
+        ids = sorted(unknown_cats)
+        hint = _contiguous_hint(set(ids), cat_ids or set())
+        err(
+            f"category_id {', '.join(map(str, ids[:10]))} not in the ground truth's categories "
+            f"(first at {unknown_cats[ids[0]]}){hint}"
+        )
     if empty_tracks:
         warn(f"{len(empty_tracks)} results have every frame null (e.g. result #{empty_tracks[0]})")
     for (vid, cat), n in per_bucket.items():
@@ -241,28 +300,13 @@ def validate_results(
     missing_videos = sorted(set(videos) - seen_videos)
     if missing_videos and results:
         warn(f"{len(missing_videos)} of {len(videos)} videos have no results (e.g. {missing_videos[:5]})")
-    for j in _bad_run_totals(rle_counts, rle_pixels):
-        err(f"{rle_at[j]}: RLE counts do not decode to a mask of the stated size")
-    return rep
+    return usable
 
 
 def _bad_run_totals(counts: list[str | bytes], pixels: list[int]) -> list[int]:
     """Indices of compressed RLE ``counts`` strings that do not decode to runs totalling ``pixels``."""
-    bad = []
-    for i in range(0, len(counts), 4096):
-        chunk, n_px = counts[i : i + 4096], np.asarray(pixels[i : i + 4096], np.int64)
-        try:
-            runs, offsets = decode_counts(chunk)
-            cum = np.r_[0, np.cumsum(runs)]
-            bad += (np.flatnonzero(cum[offsets[1:]] - cum[offsets[:-1]] != n_px) + i).tolist()
-        except ValueError:  # locate the offending strings one by one
-            for j, c in enumerate(chunk):
-                try:
-                    if int(decode_counts([c])[0].sum()) != n_px[j]:
-                        bad.append(i + j)
-                except ValueError:
-                    bad.append(i + j)
-    return bad
+    _, total, ok = run_sums(counts)
+    return np.flatnonzero(~ok | (total != np.asarray(pixels, np.int64).reshape(-1))).tolist()
 
 
 def malformed_masks(results: list, max_messages: int = 20) -> tuple[list[str], int]:
@@ -300,5 +344,5 @@ def malformed_masks(results: list, max_messages: int = 20) -> tuple[list[str], i
     for j in _bad_run_totals(strings, pixels):
         n_bad += 1
         k, t = where[j]
-        msgs.append(f"result #{k}, frame {t}: RLE counts do not decode to a mask of its stated size")
+        msgs.append(f"result #{k}, frame {t}: RLE counts do not decode to a mask of their stated size")
     return msgs[:max_messages], n_bad

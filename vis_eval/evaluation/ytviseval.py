@@ -35,7 +35,7 @@ from collections import defaultdict
 import numpy as np
 import pycocotools.mask as mask_util
 
-from ..rle import segm_to_rle
+from ..rle import run_sums, segm_to_rle
 from .params import EvalParams, EvalResult, prepare_inputs, summarize
 
 __all__ = ["evaluate"]
@@ -43,6 +43,8 @@ __all__ = ["evaluate"]
 logger = logging.getLogger(__name__)
 
 _COUNTS = operator.itemgetter("counts")
+_VIDEO_ID = operator.itemgetter("video_id")
+_CATEGORY_ID = operator.itemgetter("category_id")
 _SIZE = operator.itemgetter("size")
 
 
@@ -77,12 +79,20 @@ class _Entries:
         self.rles, self.counts = rles, counts
         self.str_counts = set(map(type, counts)) <= {str}
         n = len(rles)
-        self.area = np.asarray(mask_util.area(rles), np.int64) if n else np.zeros(0, np.int64)
+        # one pass over the strings: areas and run totals (the malformed-mask check)
+        self.area, total, well_formed = run_sums(counts)
         track_size = [list(map(int, hw)) for hw in sizes]
         ref = [track_size[i] for i in self.owner.tolist()]
         self.regular = np.fromiter(map(operator.eq, map(_SIZE, rles), ref), bool, n)
         hw = np.array(track_size, np.int64).reshape(-1, 2)
         self.h, self.w = hw[self.owner, 0], hw[self.owner, 1]
+        pixels = self.h * self.w
+        for k in np.flatnonzero(~self.regular).tolist():  # masks of another size: their own H x W
+            size = rles[k].get("size")
+            ok = isinstance(size, (list, tuple)) and len(size) == 2 and all(map(_is_count, size))
+            pixels[k] = int(size[0]) * int(size[1]) if ok else -1
+        #: entries whose runs do not cover their H x W pixels (pycocotools would loop forever on them)
+        self.malformed = np.flatnonzero(~well_formed | (total != pixels))
         self.start = np.searchsorted(self.owner, np.arange(len(segms) + 1))
 
     def prefix_area(self, tracks: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -97,6 +107,10 @@ class _Entries:
         tot = np.bincount(self.owner, weights=self.area, minlength=n_tracks)
         cnt = np.bincount(self.owner, weights=self.area != 0, minlength=n_tracks)
         return np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0)
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 _HEAD = 7  # characters read / written for the first run length of a compressed RLE string
@@ -485,18 +499,12 @@ def evaluate(
     g_crowd = np.array([bool(a.get("iscrowd", 0)) for a in g_anns], bool)
 
     # --- results: keep the max_det best per (video, category) in stable score order
-    sel_v, sel_k, sel_s, sel_i = [], [], [], []
-    for i, r in enumerate(results):
-        v, k = vorder.get(r["video_id"]), corder.get(r["category_id"])
-        if v is not None and k is not None:
-            sel_v.append(v)
-            sel_k.append(k)
-            sel_s.append(r["score"])
-            sel_i.append(i)
-    d_vid = np.array(sel_v, np.int64)
-    d_cat = np.array(sel_k, np.int64)
-    d_score = np.array(sel_s, np.float64)
-    d_load = np.array(sel_i, np.int64)
+    n_res = len(results)
+    r_vid = np.fromiter(map(vorder.get, map(_VIDEO_ID, results), itertools.repeat(-1)), np.int64, n_res)
+    r_cat = np.fromiter(map(corder.get, map(_CATEGORY_ID, results), itertools.repeat(-1)), np.int64, n_res)
+    d_load = np.flatnonzero((r_vid >= 0) & (r_cat >= 0))
+    d_vid, d_cat = r_vid[d_load], r_cat[d_load]
+    d_score = np.array([results[i]["score"] for i in d_load.tolist()], np.float64).reshape(-1)
     order = np.lexsort((d_load, -d_score, d_cat, d_vid))
     bucket_key = d_vid[order] * max(n_cat, 1) + d_cat[order]
     starts = np.flatnonzero(np.r_[True, bucket_key[1:] != bucket_key[:-1]]) if order.size else order
@@ -516,6 +524,15 @@ def evaluate(
         d_bucket[v, k].append(i)
     d_ent = _Entries(d_segms, [sizes[v] for v in d_vid.tolist()])
     g_ent = _Entries([a["segmentations"] for a in g_anns], [sizes[v] for v in g_v])
+    for ent, what in ((d_ent, "result"), (g_ent, "annotation")):
+        if ent.malformed.size:
+            e = int(ent.malformed[0])
+            i, t = int(ent.owner[e]), int(ent.t[e])
+            name = f"result #{int(d_load[i])}" if what == "result" else f"annotation id {g_anns[i].get('id')}"
+            raise ValueError(
+                f"{ent.malformed.size} malformed {what} mask(s): their RLE runs do not cover their "
+                f"H x W pixels (first: {name}, frame {t})"
+            )
 
     # --- average areas (spec §4.2): mean of the truthy per-frame areas; GT areas from the JSON
     d_avg = d_ent.mean_truthy_area(n_det)
@@ -564,9 +581,12 @@ def evaluate(
     npig = np.stack(
         [np.bincount(g_cat, weights=~g_ig[a], minlength=n_cat) for a in range(n_area)], axis=1
     ).astype(np.int64)  # [K, A]
-    prec_mkatr = -np.ones((n_md, n_cat, n_area, n_thr, n_rec))  # transposed at the end
-    score_mkatr = -np.ones((n_md, n_cat, n_area, n_thr, n_rec))
-    rec_mkat = -np.ones((n_md, n_cat, n_area, n_thr))
+    precision = np.full((n_thr, n_rec, n_cat, n_area, n_md), -1.0)
+    scores = np.full((n_thr, n_rec, n_cat, n_area, n_md), -1.0)
+    recall = np.full((n_thr, n_cat, n_area, n_md), -1.0)
+    prec_mkatr = precision.transpose(4, 2, 3, 0, 1)  # views in the accumulation's order
+    score_mkatr = scores.transpose(4, 2, 3, 0, 1)
+    rec_mkat = recall.transpose(3, 1, 2, 0)
     eps = np.spacing(1)
     acc_order = np.lexsort((d_rank, d_vid, -d_score, d_cat))
     n_at = n_area * n_thr
@@ -640,8 +660,5 @@ def evaluate(
             rec_mkat[m, ks] = np.where(g, rc_last.reshape(nk, n_area, n_thr), -1.0)
             prec_mkatr[m, ks] = np.where(g[..., None], q, -1.0)
             score_mkatr[m, ks] = np.where(g[..., None], ss, -1.0)
-    precision = np.ascontiguousarray(prec_mkatr.transpose(3, 4, 1, 2, 0))  # [T, R, K, A, M]
-    scores = np.ascontiguousarray(score_mkatr.transpose(3, 4, 1, 2, 0))
-    recall = np.ascontiguousarray(rec_mkat.transpose(3, 1, 2, 0))  # [T, K, A, M]
     stats = summarize(precision, recall, p)
     return EvalResult(p, cat_ids, vid_ids, precision, recall, scores, stats, bucket_ious)

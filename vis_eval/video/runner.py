@@ -45,7 +45,7 @@ from .frames import FrameSource, iter_frames
 from .result_builder import VideoResultBuilder
 from .tracker import MaskIoUTracker
 
-__all__ = ["TrackedFrame", "VideoRunner", "annotate_frame"]
+__all__ = ["TrackedFrame", "VideoRunner", "annotate_frame", "video_model"]
 
 
 @dataclass
