@@ -5,6 +5,11 @@
         --num-gpus 8 [KEY VALUE ...]
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth
 
+Config overrides are trailing ``KEY VALUE`` pairs (``--opts KEY VALUE ...`` is accepted too).
+``--eval-only`` refuses weights that do not fit the model (``MODEL.WEIGHTS_PARTIAL True`` loads what
+fits); training loads them partially (ImageNet backbones), as Detectron2 does. Errors of the input
+(config, weights, datasets) end with one line.
+
 Image datasets are evaluated COCO-style (masks ranked by ``mask_scores`` where a model has them);
 video datasets (metadata ``evaluator_type == "ytvis"``) go through the streaming video runner and
 the YouTube-VIS evaluator. ``--num-gpus N`` without CUDA runs N CPU processes (gloo).
@@ -13,16 +18,17 @@ the YouTube-VIS evaluator. ``--num-gpus N`` without CUDA runs N CPU processes (g
 from __future__ import annotations
 
 import os
+import sys
 from collections import OrderedDict
 
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import (
     DefaultTrainer,
+    PeriodicCheckpointer,
     SimpleTrainer,
     create_ddp_model,
     default_argument_parser,
@@ -32,6 +38,8 @@ from detectron2.engine import (
 from detectron2.evaluation import DatasetEvaluator, verify_results
 from detectron2.utils.logger import setup_logger
 
+from onestage.checkpoint import StrictCheckpointer
+from onestage.cli import exit_on_user_error, split_overrides
 from onestage.config import load_config
 from onestage.data import build_train_loader, is_video_dataset
 from onestage.evaluation import MaskScoreCOCOEvaluator
@@ -63,6 +71,13 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
         finally:
             d2_defaults.create_ddp_model = create_ddp_model
+        # one-line errors for a missing / corrupt MODEL.WEIGHTS; mismatched keys are logged (partial)
+        self.checkpointer = StrictCheckpointer(
+            self.checkpointer.model, cfg.OUTPUT_DIR, partial=True, **self.checkpointer.checkpointables
+        )
+        for hook in self._hooks:
+            if isinstance(hook, PeriodicCheckpointer):
+                hook.checkpointer = self.checkpointer
         if on_cpu and cfg.SOLVER.AMP.ENABLED:  # Detectron2's AMPTrainer needs CUDA
             trainer = self._trainer
             self._trainer = CPUAutocastTrainer(trainer.model, trainer.data_loader, trainer.optimizer)
@@ -115,7 +130,9 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args) -> CfgNode:
-    cfg = load_config(args.config_file, args.opts)
+    setup_logger(name="onestage", distributed_rank=comm.get_rank())
+    with exit_on_user_error("train_net.py"):
+        cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vis_eval")
     return cfg
@@ -123,22 +140,36 @@ def setup(args) -> CfgNode:
 
 def main(args):
     cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        results = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, results)
-        return results
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with exit_on_user_error("train_net.py"):
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            if not cfg.MODEL.WEIGHTS:
+                setup_logger(name=__name__).warning("--eval-only without MODEL.WEIGHTS: random weights")
+            StrictCheckpointer(
+                model, save_dir=cfg.OUTPUT_DIR, partial=cfg.MODEL.WEIGHTS_PARTIAL
+            ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            results = Trainer.test(cfg, model)
+            if comm.is_main_process():
+                verify_results(cfg, results)
+            return results
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
+
+
+def parse_args(argv: list[str] | None = None):
+    """Detectron2's ``default_argument_parser``; overrides as trailing pairs or after ``--opts``."""
+    own, overrides = split_overrides(
+        sys.argv[1:] if argv is None else argv,
+        ("--config-file", "--num-gpus", "--num-machines", "--machine-rank", "--dist-url"),
+    )
+    args = default_argument_parser().parse_args(own)
+    args.opts = list(args.opts) + overrides
+    return args
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
     launch(
         main,

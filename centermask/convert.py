@@ -11,7 +11,7 @@ import re
 import torch
 from torch import Tensor
 
-from onestage.checkpoint import fold_frozen_bn_eps, rename_mb_fpn_key, strip_prefix
+from onestage.checkpoint import LayoutError, check_layout, fold_frozen_bn_eps, rename_mb_fpn_key, strip_prefix
 
 __all__ = ["convert_centermask2", "convert_centermask_mb"]
 
@@ -21,14 +21,34 @@ logger = logging.getLogger(__name__)
 _DROPPED = {"pixel_mean", "pixel_std"}
 # First key components of a bare bottom-up backbone (ImageNet "*_detectron2.pth" files, spec 10.2).
 _BARE_BACKBONE = re.compile(r"^(stem\.|stage\d\.|features\.)")
+# Keys of a centermask2 CenterMask / CenterMask-Lite model.
+_CENTERMASK2_KEY = re.compile(
+    r"^(backbone\.(bottom_up|fpn_lateral\d|fpn_output\d|top_block)\.|proposal_generator\.fcos_head\."
+    r"|roi_heads\.(mask_head|maskiou_head)\.)"
+)
+_CENTERMASK2_EXPECTED = (
+    "a centermask2 model (backbone.bottom_up.*, backbone.fpn_*, proposal_generator.fcos_head.*, "
+    "roi_heads.mask_head.*, roi_heads.maskiou_head.*) or a bare VoVNet / MobileNetV2 backbone "
+    "(stem.*, stage2.* ..., features.*)"
+)
 
 
 def convert_centermask2(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """centermask2 (Detectron2) checkpoints need no renaming; this drops ``pixel_mean`` /
     ``pixel_std``, strips a ``module.`` prefix and gives bare ImageNet backbone files
-    (keys ``stem.*``, ``stage{s}.*``, ``features.*``) the ``backbone.bottom_up.`` prefix."""
+    (keys ``stem.*``, ``stage{s}.*``, ``features.*``) the ``backbone.bottom_up.`` prefix.
+
+    Raises :class:`~onestage.checkpoint.LayoutError` (a ``KeyError``) on a state dict with keys of
+    neither layout (e.g. a SipMask or Mask R-CNN checkpoint), naming them."""
+    state_dict = {k: v for k, v in strip_prefix(state_dict).items() if k not in _DROPPED}
+    check_layout(
+        state_dict,
+        "centermask2",
+        _CENTERMASK2_EXPECTED,
+        lambda k: bool(_CENTERMASK2_KEY.match(k) or _BARE_BACKBONE.match(k)),
+    )
     out: dict[str, Tensor] = {}
-    for key, value in strip_prefix(state_dict).items():
+    for key, value in state_dict.items():
         if key in _DROPPED:
             continue
         if _BARE_BACKBONE.match(key):
@@ -89,7 +109,10 @@ def _rename_mb(key: str) -> str:
     for pattern, repl in _MB_RULES:
         if pattern.match(key):
             return pattern.sub(repl, key)
-    raise KeyError(f"no rule maps the CenterMask (maskrcnn-benchmark) key {key!r}")
+    raise LayoutError(
+        f"not a CenterMask (maskrcnn-benchmark) checkpoint: no rule maps the key {key!r}; expected "
+        "backbone.body.*, backbone.fpn.*, rpn.head.*, roi_heads.mask.*, roi_heads.maskiou.*"
+    )
 
 
 def convert_centermask_mb(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -102,6 +125,8 @@ def convert_centermask_mb(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     of [MB] predicts ``exp(x)`` in pixels where centermask2 uses ``relu(x) * stride``: the
     ``bbox_pred`` / ``scales`` weights are carried over but need fine-tuning.
     """
+    if not state_dict:
+        raise LayoutError("not a CenterMask (maskrcnn-benchmark) checkpoint: the state dict is empty")
     out: dict[str, Tensor] = {}
     for key, value in strip_prefix(state_dict).items():
         new_key = _rename_mb(key)

@@ -11,11 +11,19 @@ from collections.abc import Callable
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader
+from detectron2.data.build import filter_images_with_only_crowd_annotations, get_detection_dataset_dicts
 from detectron2.utils.registry import Registry
 
 from vis_eval.data.video_mapper import VideoClipMapper
 
-__all__ = ["DATASET_MAPPER_REGISTRY", "build_train_loader", "build_train_mapper", "is_video_dataset"]
+__all__ = [
+    "DATASET_MAPPER_REGISTRY",
+    "EmptyTrainingSetError",
+    "build_train_loader",
+    "build_train_mapper",
+    "image_training_dicts",
+    "is_video_dataset",
+]
 
 DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
 DATASET_MAPPER_REGISTRY.__doc__ = "Training mappers, built as ``mapper_cls(cfg, is_train=True)``."
@@ -37,6 +45,32 @@ def is_video_dataset(dataset_name: str) -> bool:
     return MetadataCatalog.get(dataset_name).get("evaluator_type") == "ytvis"
 
 
+class EmptyTrainingSetError(ValueError):
+    """``DATASETS.TRAIN`` has nothing to learn from (no image with an annotation)."""
+
+
+def image_training_dicts(cfg: CfgNode) -> list[dict]:
+    """The dataset dicts of the image datasets ``cfg.DATASETS.TRAIN`` as Detectron2's training loader
+    would use them (images without usable annotations dropped when
+    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``); :class:`EmptyTrainingSetError` when no image has a
+    non-crowd annotation."""
+    names = list(cfg.DATASETS.TRAIN)
+    min_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+    proposals = cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None
+    dicts = get_detection_dataset_dicts(
+        names, filter_empty=False, min_keypoints=min_keypoints, proposal_files=proposals
+    )
+    annotated = sum(any(a.get("iscrowd", 0) == 0 for a in d.get("annotations", ())) for d in dicts)
+    if not annotated:
+        raise EmptyTrainingSetError(
+            f"nothing to train on: none of the {len(dicts)} images of DATASETS.TRAIN {names} has an "
+            "annotated (non-crowd) instance; check the annotation file and its image / category ids"
+        )
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        dicts = filter_images_with_only_crowd_annotations(dicts)
+    return dicts
+
+
 def build_train_loader(cfg: CfgNode):
     """Detectron2's training loader over ``cfg.DATASETS.TRAIN`` with the mapper of
     :func:`build_train_mapper`.
@@ -54,7 +88,7 @@ def build_train_loader(cfg: CfgNode):
     if not any(videos):
         if video_mapper:
             raise ValueError(f"VideoClipMapper needs video datasets; DATASETS.TRAIN = {names} holds images")
-        return build_detection_train_loader(cfg, mapper=mapper)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=image_training_dicts(cfg))
     if not all(videos):
         raise ValueError(f"DATASETS.TRAIN mixes image and video datasets: {names}")
     if not video_mapper:

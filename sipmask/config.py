@@ -61,3 +61,20 @@ def add_sipmask_config(cfg: CN) -> None:
     # DefaultPredictor / DatasetMapper need no special transform (set INPUT.MIN_SIZE_* to 0).
     _C.FIXED_INPUT_SIZE_TRAIN = []
     _C.FIXED_INPUT_SIZE_TEST = []
+
+    _C.COEF_INIT_STD = 0.001  # normal std of sip_cof's initial weights (SipMask-VIS: 0.01)
+
+    # SipMask-VIS (META_ARCHITECTURE "SipMaskVIS", spec sipmask_vis.md §3-6)
+    _C.TRACK_DIM = 512  # channels of sipmask_track (the embedding size)
+    _C.TRACK_NUM_CONVS = 2  # shared track_convs on P3-P5 (stacked_convs - 1)
+    _C.TRACK_REF_JITTER = 0.05  # training: reference box centres jittered by U(-j, j) x (w, h)
+    _C.MATCH_COEFFS = [1.0, 2.0, 10.0]  # weights of ln(score), IoU(+1) and same-label in Comp
+    # True: the authors' stale memory (a video whose first frame has no detection matches against
+    # the previous video's instances); False: the memory is emptied at every video start.
+    _C.TRACK_LEGACY_FIRST_FRAME = False
+    # Drop memory entries not matched for this many frames (0 = never, the authors' behaviour).
+    _C.TRACK_MAX_AGE = 0
+    # Multi-scale pair training ("range" mode of mmdet): long-edge limits (lo, hi) sampled with
+    # INPUT.MIN_SIZE_TRAIN = (lo, hi) as short-edge limits, INPUT.MIN_SIZE_TRAIN_SAMPLING "range".
+    # Empty: Detectron2's ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN).
+    cfg.INPUT.MAX_SIZE_TRAIN_RANGE = []

@@ -7,14 +7,22 @@ on any key they do not know, so a converted file loads with no missing and no un
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
 from torch import Tensor
 
-from onestage.checkpoint import fold_frozen_bn_eps, rename_mb_fpn_key, strip_prefix
+from onestage.checkpoint import check_layout, fold_frozen_bn_eps, rename_mb_fpn_key, strip_prefix
 
-__all__ = ["convert_sipmask_benchmark", "convert_sipmask_mmdet"]
+__all__ = [
+    "convert_sipmask_benchmark",
+    "convert_sipmask_coco_to_vis",
+    "convert_sipmask_mmdet",
+    "convert_sipmask_vis",
+]
+
+logger = logging.getLogger(__name__)
 
 # Head keys of the mmdet SipMask head (spec §5.1); ours are named identically.
 _MMDET_HEAD_KEY = re.compile(
@@ -50,23 +58,15 @@ def _resnet_key(rest: str) -> str | None:
     return None
 
 
-def _rename(state_dict: dict[str, Tensor], rename: Callable[[str], str | None]) -> dict[str, Tensor]:
+def _rename(
+    state_dict: dict[str, Tensor], rename: Callable[[str], str | None], layout: str, expected: str
+) -> dict[str, Tensor]:
     """Apply ``rename`` to every key (a DDP ``module.`` prefix stripped, BN ``num_batches_tracked``
-    dropped); raise ``KeyError`` on the keys it returns None for."""
-    out: dict[str, Tensor] = {}
-    unknown = []
-    for key, value in strip_prefix(state_dict).items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        new = rename(key)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        shown = ", ".join(sorted(unknown)[:10])
-        raise KeyError(f"{len(unknown)} keys not in the SipMask layout: {shown}")
-    return out
+    dropped); raise :class:`~onestage.checkpoint.LayoutError` (a ``KeyError``) naming ``layout``,
+    what it ``expected`` and the keys it returns None for."""
+    state_dict = {k: v for k, v in strip_prefix(state_dict).items() if not k.endswith("num_batches_tracked")}
+    check_layout(state_dict, layout, expected, lambda k: rename(k) is not None)
+    return {rename(k): v for k, v in state_dict.items()}
 
 
 def _mmdet_key(key: str) -> str | None:
@@ -86,7 +86,59 @@ def _mmdet_key(key: str) -> str | None:
 
 def convert_sipmask_mmdet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """SipMask-mmdetection ``state_dict`` (backbone / neck / bbox_head) -> Detectron2 SipMask."""
-    return _rename(state_dict, _mmdet_key)
+    return _rename(
+        state_dict,
+        _mmdet_key,
+        "SipMask-mmdetection",
+        "backbone.* (ResNet), neck.lateral_convs.* / neck.fpn_convs.*, bbox_head.* (SipMask head)",
+    )
+
+
+# the SipMask-VIS tracking branch (sipmask_vis.md §9.2), named identically in our SipMaskTrackHead
+_VIS_TRACK_KEY = re.compile(r"bbox_head\.(track_convs\.\d+\.(conv|gn)|sipmask_track)\.(weight|bias)")
+
+
+def _vis_key(key: str) -> str | None:
+    if _VIS_TRACK_KEY.fullmatch(key):
+        return "head." + key[len("bbox_head.") :]
+    return _mmdet_key(key)
+
+
+def convert_sipmask_vis(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SipMask-VIS ``state_dict`` (the image keys plus ``track_convs`` / ``sipmask_track``) ->
+    Detectron2 ``SipMaskVIS``."""
+    return _rename(
+        state_dict,
+        _vis_key,
+        "SipMask-VIS",
+        "backbone.* (ResNet), neck.*, bbox_head.* (SipMask head with track_convs / sipmask_track)",
+    )
+
+
+def convert_sipmask_coco_to_vis(
+    state_dict: dict[str, Tensor], num_cls_convs: int = 2, num_reg_convs: int = 3
+) -> dict[str, Tensor]:
+    """A COCO SipMask-mmdetection checkpoint -> the initialisation of a SipMask-VIS training (§4.4).
+
+    Drops the classifier ``fcos_cls`` (80 COCO classes) and the tower convs the VIS head does not
+    have (``cls_convs.{>= num_cls_convs}``, ``reg_convs.{>= num_reg_convs}``) and logs what it
+    dropped; the tracking layers are absent and start from their initialisation. Loading the result
+    into ``SipMaskVIS`` leaves exactly ``head.fcos_cls.*``, ``head.track_convs.*`` and
+    ``head.sipmask_track.*`` missing.
+    """
+    converted = convert_sipmask_mmdet(state_dict)
+    dropped = []
+    for key in list(converted):
+        m = re.fullmatch(r"head\.(cls|reg)_convs\.(\d+)\..+", key)
+        extra = m is not None and int(m.group(2)) >= (num_cls_convs if m.group(1) == "cls" else num_reg_convs)
+        if extra or key.startswith("head.fcos_cls."):
+            dropped.append(key)
+            del converted[key]
+    logger.info(
+        f"COCO -> SipMask-VIS init: dropped {len(dropped)} tensors ({', '.join(sorted(dropped))}); "
+        "head.fcos_cls, head.track_convs and head.sipmask_track start from their initialisation"
+    )
+    return converted
 
 
 def _benchmark_head_key(rest: str) -> str | None:
@@ -129,7 +181,12 @@ def convert_sipmask_benchmark(state_dict: dict[str, Tensor], eps: float = 1e-5) 
     rescaled by ``sqrt(var + eps) / sqrt(var)`` so that the converted model computes the same
     affine transform. The 1-element ``scales.*.scale`` become 0-d.
     """
-    out = _rename(state_dict, _benchmark_key)
+    out = _rename(
+        state_dict,
+        _benchmark_key,
+        "SipMask-benchmark",
+        "backbone.body.* (ResNet), backbone.fpn.*, rpn.head.* (SipMask head)",
+    )
     for key in out:
         if key.startswith("head.scales."):
             out[key] = out[key].reshape(())

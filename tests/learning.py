@@ -1,6 +1,7 @@
 """Shared pieces of the learning tests: a model memorises the 8 ``synthetic_shapes_tiny`` images."""
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,12 +40,11 @@ def model_inputs(dicts: list[dict], train: bool) -> list[dict]:
     return out
 
 
-def memorise_and_evaluate(
-    model: torch.nn.Module, dicts: list[dict], evaluator: DatasetEvaluator, iterations: int, lr: float
-) -> dict:
-    """Train on all of ``dicts`` at once for ``iterations`` AdamW steps (one-cycle schedule peaking at
-    ``lr``), then evaluate on the same images; prints the training time and the APs."""
-    train_inputs = model_inputs(dicts, train=True)
+def train_one_cycle(
+    model: torch.nn.Module, next_batch: Callable[[], list[dict]], iterations: int, lr: float
+) -> float:
+    """``iterations`` AdamW steps (one-cycle schedule peaking at ``lr``) on ``next_batch()``; returns
+    the training time in seconds (the model is left in training mode)."""
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4
     )
@@ -55,14 +55,22 @@ def memorise_and_evaluate(
     model.train()
     with EventStorage() as storage:
         for _ in range(iterations):
-            losses = model(train_inputs)
+            losses = model(next_batch())
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()
             schedule.step()
             storage.step()
-    train_seconds = time.perf_counter() - start
+    return time.perf_counter() - start
 
+
+def memorise_and_evaluate(
+    model: torch.nn.Module, dicts: list[dict], evaluator: DatasetEvaluator, iterations: int, lr: float
+) -> dict:
+    """Train on all of ``dicts`` at once for ``iterations`` AdamW steps (one-cycle schedule peaking at
+    ``lr``), then evaluate on the same images; prints the training time and the APs."""
+    train_inputs = model_inputs(dicts, train=True)
+    train_seconds = train_one_cycle(model, lambda: train_inputs, iterations, lr)
     model.eval()
     evaluator.reset()
     with torch.no_grad():

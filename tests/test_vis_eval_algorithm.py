@@ -8,9 +8,30 @@ import pycocotools.mask as mask_util
 import pytest
 from random_vis_cases import random_gt_and_results
 
+from vis_eval import rle_accel
 from vis_eval.evaluation import EvalParams, evaluate, reference_evaluate
 
 IMPLS = [evaluate, reference_evaluate]
+
+
+def use_rle_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``evaluate`` take the pure path (``VIS_EVAL_PURE=1``) or the C accelerator (skipping
+    the test only where the accelerator is genuinely not built)."""
+    if path == "pure":
+        monkeypatch.setenv("VIS_EVAL_PURE", "1")
+        assert rle_accel.get() is None
+    else:
+        if not rle_accel.available():
+            pytest.skip("the C accelerator is not built here")
+        monkeypatch.delenv("VIS_EVAL_PURE", raising=False)
+        assert rle_accel.get() is not None
+
+
+@pytest.fixture(autouse=True, params=["pure", "accel"])
+def rle_path(request, monkeypatch):
+    """Every test of this module runs on both RLE paths: same numbers as the reference on each."""
+    use_rle_path(request.param, monkeypatch)
+    return request.param
 
 
 def rle(h, w, pixels=0, rows=None, cols=None):
@@ -272,9 +293,13 @@ def test_batched_iou_call_splitting(seed, monkeypatch):
     one_slot = evaluate(gt, res)
     monkeypatch.setattr(fast_mod, "_FRAME_CALL_MASKS", 3)  # mixes batched and per-frame groups
     mixed = evaluate(gt, res)
+    monkeypatch.setattr(fast_mod, "_FRAME_CALL_MASKS", 1000)
+    monkeypatch.setattr(fast_mod, "_VIDEO_FRAME_CALL_MASKS", 4)  # per-frame calls by (video, frame) size
+    by_frame = evaluate(gt, res)
     assert_same(split, ref)
     assert_same(one_slot, ref)
     assert_same(mixed, ref)
+    assert_same(by_frame, ref)
 
 
 def test_bytes_and_unusual_rle_strings_take_exact_paths():

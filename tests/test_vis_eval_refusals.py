@@ -10,6 +10,7 @@ from random_vis_cases import random_gt_and_results
 
 from vis_eval import evaluate as evaluate_cli
 from vis_eval.evaluation import evaluate, reference_evaluate, validate_results
+from vis_eval.evaluation.results import check_results
 from vis_eval.file_io import read_json
 from vis_eval.rle import decode_counts, encode_masks, run_sums
 
@@ -65,6 +66,27 @@ def test_duplicate_track_refused(files, capsys):
     res.append(dict(res[k], score=0.123))
     code, err = run_cli(tmp_path, gt, res, capsys)
     assert code == 2 and f"duplicate of result #{k}" in err
+
+
+def test_duplicates_need_every_frame_equal(files):
+    """Tracks sharing video, category and first mask but differing later are not duplicates; an
+    exact copy is, reported against the first of its kind; unhashable masks are not compared."""
+    _, gt, res = files
+    k = next(i for i, r in enumerate(res) if sum(map(bool, r["segmentations"])) >= 2)
+    segms = res[k]["segmentations"]
+    t = max(i for i, s in enumerate(segms) if s)
+    later = list(segms)
+    later[t] = None  # same first mask, one later frame differs
+    uncompressed = list(segms)
+    uncompressed[t] = {"size": segms[t]["size"], "counts": [1, 2]}  # unhashable
+    extra = [dict(res[k], segmentations=later), dict(res[k], segmentations=uncompressed), dict(res[k])]
+    errors: list[str] = []
+    videos = {v["id"]: (v["length"], v["height"], v["width"]) for v in gt["videos"]}
+    check_results(res + extra, videos, {c["id"] for c in gt["categories"]}, errors.append, lambda m: None)
+    n = len(res)
+    assert errors == [
+        f"result #{n + 2} (video {res[k]['video_id']}): duplicate of result #{k} (same video, category and masks)"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,11 @@
 Model time only: images are read and resized (as ``DefaultPredictor`` does) before timing; no
 visualisation or file I/O is timed. Stages are timed with forward hooks: ``backbone`` (bottom-up +
 FPN), ``head`` (dense head towers / predictors and RoI mask heads), and ``post-processing`` (all the
-rest: pre-processing, decoding, NMS, mask assembly and pasting). Without ``MODEL.WEIGHTS`` the
-model is randomly initialised, which changes how many detections reach post-processing.
+rest: pre-processing, decoding, NMS, mask assembly and pasting). Without ``MODEL.WEIGHTS`` (or with
+``--random-weights``, which ignores the config's weights, e.g. ImageNet backbone URLs) the model is
+randomly initialised, which changes how many detections reach post-processing. Weights must fit the
+model (``MODEL.WEIGHTS_PARTIAL True`` to load what fits). Overrides: trailing ``KEY VALUE`` pairs or
+``--opts KEY VALUE ...``. ``--device cuda`` without CUDA falls back to CPU with a warning.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
 
+from onestage.checkpoint import StrictCheckpointer
+from onestage.cli import exit_on_user_error, split_overrides
 from onestage.config import load_config
+from onestage.inputs import read_image_bgr
 
 # Stage name -> dotted paths of the submodules it covers (those present in a model are hooked).
 STAGES: dict[str, tuple[str, ...]] = {
@@ -46,7 +51,8 @@ STAGES: dict[str, tuple[str, ...]] = {
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    return load_config(args.config_file, args.opts, device=args.device)
+    opts = list(args.opts) + (["MODEL.WEIGHTS", ""] if args.random_weights else [])
+    return load_config(args.config_file, opts, device=args.device)
 
 
 def load_inputs(cfg: CfgNode, pattern: str | None, count: int) -> list[dict]:
@@ -55,9 +61,10 @@ def load_inputs(cfg: CfgNode, pattern: str | None, count: int) -> list[dict]:
         files = sorted(glob.glob(pattern))
         if not files:
             raise SystemExit(f"no image matches {pattern!r}")
-        images = [cv2.imread(f) for f in files[:count]]
-        if any(img is None for img in images):
-            raise SystemExit("some input files are not readable images")
+        try:
+            images = [read_image_bgr(f) for f in files[:count]]
+        except ValueError as e:
+            raise SystemExit(str(e)) from e
     else:  # a random 3:4 image at the test size (480 x 640 where the model resizes by itself)
         size = cfg.INPUT.MIN_SIZE_TEST or 480
         rng = np.random.default_rng(0)
@@ -158,16 +165,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="ignore MODEL.WEIGHTS: time a randomly initialised model",
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... (or after --opts)"
+    )
+    own, overrides = split_overrides(
+        sys.argv[1:] if argv is None else argv, ("--config-file", "--device", "--input", "--json")
+    )
+    args = parser.parse_args(own)
+    args.opts = list(args.opts) + overrides
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = setup_cfg(args)
-    model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    setup_logger(name="onestage")
+    with exit_on_user_error("benchmark.py"):
+        cfg = setup_cfg(args)
+        model = build_model(cfg).eval()
+        if cfg.MODEL.WEIGHTS:
+            StrictCheckpointer(model, partial=cfg.MODEL.WEIGHTS_PARTIAL).load(cfg.MODEL.WEIGHTS)
+    device = cfg.MODEL.DEVICE  # "cpu" when CUDA was asked for and is not available
     inputs = load_inputs(cfg, args.input, args.warmup + args.iters)
-    result = benchmark(model, inputs, args.warmup, args.iters, args.device)
+    result = benchmark(model, inputs, args.warmup, args.iters, device)
     result["config"] = args.config_file
     result["threads"] = torch.get_num_threads()
     memory = (
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         else f"peak RSS {result['peak_rss_mb']:.0f} MiB"
     )
     print(
-        f"{args.config_file} on {args.device} ({result['threads']} threads), input "
+        f"{args.config_file} on {device} ({result['threads']} threads), input "
         f"{result['input_size'][0]}x{result['input_size'][1]}: median {result['latency_ms']:.1f} ms/img, "
         f"{result['fps']:.2f} FPS, {memory}"
     )

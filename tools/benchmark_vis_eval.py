@@ -2,29 +2,27 @@
 """Time the fast YouTube-VIS evaluator against the plain per-pair loop implementation.
 
 Writes a synthetic 100-video ground truth and results file (random tracks; results are jittered
-copies of the GT tracks plus false positives, as a tracker would produce), reads them, evaluates
-them with ``vis_eval.evaluation.evaluate`` and with the loop transcription
-``vis_eval.evaluation.reference_evaluate`` (the official YouTube-VIS API's algorithm and loop structure),
-checks that the results are identical and prints both times and the ratio (evaluation only, and
-including the JSON parsing both need).
+copies of the GT tracks plus false positives, as a tracker would produce), reads them, then
+evaluates them in interleaved rounds (reference, pure, accelerated, reference, ...) with the loop
+transcription ``vis_eval.evaluation.reference_evaluate`` (the official YouTube-VIS API's algorithm
+and loop structure) and with ``vis_eval.evaluation.evaluate`` on its pure path (``VIS_EVAL_PURE=1``)
+and, when the C extension is built, its accelerated path; checks that the results are identical
+and prints the median CPU seconds and the ratios (evaluation only).
 
     python tools/benchmark_vis_eval.py [--videos 100] [--regime dense|crowded|sparse|busy] [--repeat 3] [--out DIR]
 
 Whole processes (``--whole-process``): writes a 300-video ``busy`` file (about 12k result tracks,
-165k masks, 27 MB of RLE) and a 300-video ``sparse`` one, then runs, interleaved (A B A B ...),
-``python -m vis_eval.evaluate GT RESULTS --json OUT`` and the official baseline process
-(``--official-process GT RESULTS``: imports numpy and pycocotools, ``json.load`` of both files,
-the plain transcription of the official algorithm), checks that the 12 stats are equal and prints
-the median times and their ratio, plus the time of ``python -m vis_eval.evaluate --help``::
+165k masks, 27 MB of RLE) and a 300-video ``sparse`` one, then runs, interleaved (A B C A B C ...),
+the official baseline process (``--official-process GT RESULTS``: imports numpy and pycocotools,
+``json.load`` of both files, the plain transcription of the official algorithm) and
+``python -m vis_eval.evaluate GT RESULTS --json OUT`` pure (``VIS_EVAL_PURE=1``) and accelerated,
+checks that the 12 stats are equal and prints the median wall-clock and CPU (user + system) times
+and their ratios, the load averages, and the time of ``python -m vis_eval.evaluate --help``::
 
-    python tools/benchmark_vis_eval.py --whole-process [--rounds 5] [--out DIR]
+    python tools/benchmark_vis_eval.py --whole-process [--rounds 5] [--files busy sparse] [--out DIR]
 
-Both implementations spend their per-mask time in the same pycocotools C routines (parsing each
-RLE string, its area; the reference also its box and two merges per (pair, frame)); the fast one
-batches the IoU calls (about one per video) and removes the Python loops. Its floor is that C work
-(decoding every result mask for its area, one merge per overlapping same-frame pair), so the
-speed-up grows with the number of same-category (result, GT) pairs per frame: measured on 2
-idle CPU cores, 8.5x on ``dense``, 5.2x on ``crowded`` and 3.7x on ``sparse`` files.
+On a shared machine the CPU-time ratios are the steadier figures; wall-clock ratios follow them
+when the load is below the number of cores. Figures: ``projects/vis_eval/README.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -126,39 +125,82 @@ def official_process(gt_path: str, res_path: str, json_out: str | None) -> int:
     return 0
 
 
-def _run(cmd: list[str]) -> float:
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    return _run_cpu(cmd, env)[0]
+
+
+def _run_cpu(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO_ROOT)
-    return time.perf_counter() - t0
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO_ROOT, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def whole_process(out_dir: str, rounds: int) -> int:
-    """Interleaved whole-process timings of ``vis_eval.evaluate`` and the official baseline."""
+def _load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def whole_process(out_dir: str, rounds: int, regimes: list[str]) -> int:
+    """Interleaved whole-process timings of ``vis_eval.evaluate`` (accelerated when the C extension
+    is built, and pure with ``VIS_EVAL_PURE=1``) and the official baseline."""
+    from vis_eval import rle_accel
+
     py = sys.executable
-    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)")
+    print(f"load: {_load_avg()} (1/5/15 min)")
     helps = [_run([py, "-m", "vis_eval.evaluate", "--help"]) for _ in range(5)]
     print(f"python -m vis_eval.evaluate --help: median {np.median(helps):.3f} s")
+    pure_env = dict(os.environ, VIS_EVAL_PURE="1")
+    accel_env = {k: v for k, v in os.environ.items() if k != "VIS_EVAL_PURE"}
+    variants = ["official", "pure"] + (["accelerated"] if rle_accel.available() else [])
+    if "accelerated" not in variants:
+        print("the C accelerator is not built: timing the pure path only")
     status = 0
-    for regime in ("busy", "sparse"):
+    for regime in regimes:
         sub = os.path.join(out_dir, regime)
         os.makedirs(sub, exist_ok=True)
         gt_path, res_path = make_files(sub, 300, 0, regime)
-        ours_json, off_json = os.path.join(sub, "ours.json"), os.path.join(sub, "official.json")
-        ours_cmd = [py, "-m", "vis_eval.evaluate", gt_path, res_path, "--json", ours_json]
-        off_cmd = [py, os.path.abspath(__file__), "--official-process", gt_path, res_path, "--json", off_json]
-        t_ours, t_off = [], []
-        for _ in range(rounds):
-            t_off.append(_run(off_cmd))
-            t_ours.append(_run(ours_cmd))
-        with open(ours_json) as f:
-            a = json.load(f)["stats"]
-        with open(off_json) as f:
-            b = json.load(f)["stats"]
-        same = list(a) == list(b) and all(abs(a[k] - b[k]) <= 1e-12 for k in a)
-        mo, mu = float(np.median(t_off)), float(np.median(t_ours))
+        outs = {v: os.path.join(sub, f"{v}.json") for v in variants}
+        cmds = {
+            "official": ([py, os.path.abspath(__file__), "--official-process", gt_path, res_path], None),
+            "pure": ([py, "-m", "vis_eval.evaluate", gt_path, res_path], pure_env),
+            "accelerated": ([py, "-m", "vis_eval.evaluate", gt_path, res_path], accel_env),
+        }
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        cpu: dict[str, list[float]] = {v: [] for v in variants}
+        load_before = _load_avg()
+        for _ in range(rounds):  # interleaved: official, pure, accelerated, official, ...
+            for v in variants:
+                cmd, env = cmds[v]
+                wall, used = _run_cpu([*cmd, "--json", outs[v]], env)
+                times[v].append(wall)
+                cpu[v].append(used)
+        stats = {}
+        for v in variants:
+            with open(outs[v]) as f:
+                stats[v] = json.load(f)["stats"]
+        ref = stats["official"]
+        same = all(
+            list(x) == list(ref) and all(abs(x[k] - ref[k]) <= 1e-12 for k in ref) for x in stats.values()
+        )
+        med = {v: float(np.median(t)) for v, t in times.items()}
+        parts = ", ".join(
+            f"{v} {med[v]:.2f} s" + ("" if v == "official" else f" ({med['official'] / med[v]:.2f}x)")
+            for v in variants
+        )
         print(
-            f"{regime}: official {mo:.2f} s, vis_eval.evaluate {mu:.2f} s (medians of {rounds}), "
-            f"speed-up {mo / mu:.2f}x, equal stats: {same}; load {os.getloadavg()[0]:.2f}"
+            f"{regime}: {parts} (medians of {rounds} interleaved rounds); equal stats: {same}; "
+            f"load before {load_before}, after {_load_avg()}"
+        )
+        cmed = {v: float(np.median(t)) for v, t in cpu.items()}
+        print(
+            "  CPU seconds (user + system, medians): "
+            + ", ".join(
+                f"{v} {cmed[v]:.2f}" + ("" if v == "official" else f" ({cmed['official'] / cmed[v]:.2f}x)")
+                for v in variants
+            )
         )
         status |= 0 if same else 1
     return status
@@ -168,12 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--whole-process", action="store_true", help="time whole processes (see above)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of --whole-process")
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        choices=["busy", "sparse"],
+        default=["busy", "sparse"],
+        help="files of --whole-process",
+    )
     parser.add_argument("--official-process", nargs=2, metavar=("GT", "RESULTS"), help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--videos", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--regime", choices=sorted(REGIMES), default="crowded")
-    parser.add_argument("--repeat", type=int, default=3, help="best of N runs for each implementation")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--out", default=None, help="directory for the generated JSON files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -181,30 +230,50 @@ def main(argv: list[str] | None = None) -> int:
         return official_process(*args.official_process, args.json)
     if args.whole_process:
         with tempfile.TemporaryDirectory() as tmp:
-            return whole_process(args.out or tmp, args.rounds)
+            return whole_process(args.out or tmp, args.rounds, args.files)
+
+    from vis_eval import rle_accel
 
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out or tmp
         os.makedirs(out_dir, exist_ok=True)
         gt_path, res_path = make_files(out_dir, args.videos, args.seed, args.regime)
         t_json, (gt, results) = _time(_load, gt_path, res_path, repeat=args.repeat)
-        t_fast, fast = _time(evaluate, gt, results, repeat=args.repeat)
-        t_ref, ref = _time(reference_evaluate, gt, results, repeat=args.repeat)
-    print(format_summary(fast.stats))
-    diff = float(np.max(np.abs(fast.stats - ref.stats)))
-    same = np.array_equal(fast.precision, ref.precision) and np.array_equal(fast.recall, ref.recall)
+    # interleaved rounds (reference, pure, accelerated, reference, ...), CPU seconds, medians
+    variants = ["reference", "pure"] + (["accelerated"] if rle_accel.available() else [])
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    out: dict[str, object] = {}
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    for _ in range(args.repeat):
+        for v in variants:
+            if v == "pure":
+                os.environ["VIS_EVAL_PURE"] = "1"
+            try:
+                fn = reference_evaluate if v == "reference" else evaluate
+                t0 = time.process_time()
+                out[v] = fn(gt, results)
+                times[v].append(time.process_time() - t0)
+            finally:
+                os.environ.pop("VIS_EVAL_PURE", None)
+    ref = out["reference"]
+    print(format_summary(ref.stats))
     n_gt = len(gt["annotations"])
     print(f"\n{args.videos} videos ({args.regime}), {n_gt} GT tracks, {len(results)} result tracks")
-    print(f"max |stats difference| = {diff:.3g}, identical precision/recall arrays: {same}")
-    print(f"reading the two JSON files (common to both): {t_json:8.3f} s")
-    print(f"reference (per-pair loops):                  {t_ref:8.3f} s")
-    print(f"vis_eval.evaluation.evaluate:                {t_fast:8.3f} s")
-    print(f"speed-up:                                    {t_ref / t_fast:8.1f}x")
-    print(f"speed-up including reading the files:        {(t_ref + t_json) / (t_fast + t_json):8.1f}x")
-    if not same or diff > 1e-12:
-        print("ERROR: the two implementations disagree", file=sys.stderr)
-        return 1
-    return 0
+    print(f"reading the two JSON files (common to all): {t_json:8.3f} s (best of {args.repeat})")
+    med = {v: float(np.median(t)) for v, t in times.items()}
+    status = 0
+    for v in variants:
+        res = out[v]
+        diff = float(np.max(np.abs(res.stats - ref.stats)))
+        same = np.array_equal(res.precision, ref.precision) and np.array_equal(res.recall, ref.recall)
+        ratio = "" if v == "reference" else f", speed-up {med['reference'] / med[v]:.1f}x"
+        print(f"{v:<12} {med[v]:8.3f} CPU s (median of {args.repeat}){ratio}; identical arrays: {same}")
+        if not same or diff > 1e-12:
+            status = 1
+    print(f"load before {load_before}, after {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if status:
+        print("ERROR: the implementations disagree", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

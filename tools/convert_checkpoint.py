@@ -27,6 +27,8 @@ LAYOUTS: dict[str, str] = {
     "centermask": "centermask.convert:convert_centermask_mb",
     "sipmask-mmdet": "sipmask.convert:convert_sipmask_mmdet",
     "sipmask-benchmark": "sipmask.convert:convert_sipmask_benchmark",
+    "sipmask-vis": "sipmask.convert:convert_sipmask_vis",
+    "sipmask-coco-to-vis": "sipmask.convert:convert_sipmask_coco_to_vis",
 }
 
 
@@ -44,7 +46,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a pickle from another framework version, a truncated file, ...
-        raise SystemExit(f"cannot read {path}: {e}") from e
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise SystemExit(f"cannot read {path}: not a PyTorch checkpoint, or truncated ({reason})") from e
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -60,9 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", type=Path)
     parser.add_argument("output", type=Path)
     args = parser.parse_args(argv)
-    converted = converter_for(args.layout)(load_state_dict(args.input))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": converted, "__author__": args.layout}, args.output)
+    try:
+        converted = converter_for(args.layout)(load_state_dict(args.input))
+    except (KeyError, ValueError) as e:  # a state dict of another layout (LayoutError names it)
+        raise SystemExit(f"{args.input}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": converted, "__author__": args.layout}, args.output)
+    except OSError as e:  # a parent that is a file, no permission, disk full, ...
+        raise SystemExit(f"cannot write {args.output}: {e.strerror or e}") from e
     print(f"wrote {len(converted)} tensors to {args.output}")
     return 0
 

@@ -22,8 +22,10 @@ import pycocotools.mask as mask_util
 __all__ = [
     "decode_counts",
     "encode_masks",
+    "join_counts",
     "json_rle",
     "mask_to_uncompressed_rle",
+    "run_sums",
     "segm_to_rle",
     "segmented_cumsum",
 ]
@@ -146,20 +148,14 @@ def decode_counts(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarra
 _SIGNED5 = np.array([c - 32 * (c >= 16) for c in range(32)] + [0] * 224, np.int32)
 
 
-def run_sums(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Area (sum of the 1-runs), run total and well-formedness of many compressed RLE ``counts`` strings.
+def join_counts(strings: Sequence[str | bytes]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Many compressed RLE ``counts`` strings as one ASCII buffer: ``(buffer, offsets, ascii)``.
 
-    One vectorised pass over the characters, with pycocotools' own arithmetic (run lengths are
-    unsigned 32-bit, each delta added modulo 2**32). Returns int64 ``area``, int64 ``total`` and bool
-    ``ok`` per string; ``ok`` is False for characters outside the alphabet, a truncated last number, a
-    number using more than 60 bits or a run of 2**31 pixels or more (a negative run). A string
-    with ``ok`` whose ``total`` is H x W is safe to give pycocotools, and ``area`` is then its
-    ``mask.area``. Faster than :func:`decode_counts`, which keeps every run.
+    String ``i`` is ``buffer[offsets[i]:offsets[i+1]]``; a string that is not ASCII text or bytes
+    is left empty there and has ``ascii[i]`` False.
     """
     n = len(strings)
-    area, total, ok = np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, bool)
-    if n == 0:
-        return area, total, ok
+    ascii_ok = np.ones(n, bool)
     try:
         buf = "".join(strings).encode("ascii")
         lens = np.fromiter(map(len, strings), np.int64, n)
@@ -170,13 +166,55 @@ def run_sums(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np
                 raw.append(s.encode("ascii") if isinstance(s, str) else bytes(s))
             except (UnicodeEncodeError, TypeError):
                 raw.append(b"")
-                ok[i] = False
+                ascii_ok[i] = False
         buf = b"".join(raw)
         lens = np.fromiter(map(len, raw), np.int64, n)
     off = np.zeros(n + 1, np.int64)
     np.cumsum(lens, out=off[1:])
+    return buf, off, ascii_ok
+
+
+_CHUNK_CHARS = 1 << 20  # characters per slice of :func:`run_sums` (temporaries stay in the caches)
+
+
+def run_sums(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area (sum of the 1-runs), run total and well-formedness of many compressed RLE ``counts`` strings.
+
+    Works through the strings in slices of about ``_CHUNK_CHARS`` characters, so that its
+    temporaries are reused rather than freshly mapped (and page-faulted) for tens of megabytes.
+    See :func:`_run_sums` for the definitions.
+    """
+    n = len(strings)
+    try:
+        ends = np.cumsum(np.fromiter(map(len, strings), np.int64, n))
+    except TypeError:  # entries without a length: flagged by _run_sums
+        return _run_sums(strings)
+    if n == 0 or ends[-1] <= _CHUNK_CHARS:
+        return _run_sums(strings)
+    cuts = np.unique(np.searchsorted(ends, np.arange(_CHUNK_CHARS, int(ends[-1]), _CHUNK_CHARS), side="left"))
+    bounds = [0, *(int(c) + 1 for c in cuts if c + 1 < n), n]
+    parts = [_run_sums(strings[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return tuple(np.concatenate(col) for col in zip(*parts))  # type: ignore[return-value]
+
+
+def _run_sums(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area (sum of the 1-runs), run total and well-formedness of many compressed RLE ``counts`` strings.
+
+    One vectorised pass over the characters, with pycocotools' own arithmetic (run lengths are
+    unsigned 32-bit, each delta added modulo 2**32). Returns int64 ``area``, int64 ``total`` and bool
+    ``ok`` per string; ``ok`` is False for characters outside the alphabet, a truncated last number, a
+    number using more than 60 bits or a run of 2**31 pixels or more (a negative run). A string
+    with ``ok`` whose ``total`` is H x W is safe to give pycocotools, and ``area`` is then its
+    ``mask.area``. Faster than :func:`decode_counts`, which keeps every run.
+    """
+    n = len(strings)
+    area, total = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if n == 0:
+        return area, total, np.ones(0, bool)
+    buf, off, ok = join_counts(strings)
+    lens = np.diff(off)
     u = np.frombuffer(buf, np.uint8) - np.uint8(48)  # wraps: characters outside 48..111 give > 63
-    bad = np.flatnonzero(u > 63)
+    bad = np.flatnonzero(u > 63) if u.size and u.max() > 63 else off[:0]
     if bad.size:
         ok[np.searchsorted(off, bad, side="right") - 1] = False
         u[bad] = 0
@@ -208,29 +246,27 @@ def run_sums(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np
     if idx.size == 0:
         return area, total, ok
     # deltas apply within each string's odd and even chains (the even one from its third number);
-    # positions of one global parity hold one chain of each string: two segmented cumulative sums
-    c = np.empty_like(x)
+    # the numbers of one global parity hold one chain of each string: per parity, a contiguous copy
+    # turned into the run lengths by one segmented cumulative sum, then checked and summed per string
     r0, r1 = runs[:-1][has], runs[1:][has]
-    for p in (0, 1):
-        view = x[p::2]
-        k0 = r0 + ((r0 + p) & 1)  # first number of this parity in each string
-        seg = np.sort(np.r_[k0[k0 < r1], (r0 + 2)[((r0 & 1) == p) & (r0 + 2 < r1)]]) // 2
-        y = view.copy()
-        if seg.size:
-            ssum = np.add.reduceat(view, seg)
-            y[seg[1:]] -= ssum[:-1]
-            y[: seg[0]] = 0
-        np.cumsum(y, out=c[p::2])
-    neg = np.flatnonzero(c < 0)
-    if neg.size:
-        ok[np.searchsorted(runs, neg, side="right") - 1] = False
     sums = []
     for p in (0, 1):
+        c = x[p::2].copy()  # this parity's numbers: global index 2 i + p
+        k0 = r0 + ((r0 + p) & 1)  # first number of this parity in each string
+        seg = np.sort(np.r_[k0[k0 < r1], (r0 + 2)[((r0 & 1) == p) & (r0 + 2 < r1)]]) // 2
+        if seg.size:
+            ssum = np.add.reduceat(c, seg)
+            c[seg[1:]] -= ssum[:-1]
+            c[: seg[0]] = 0
+        np.cumsum(c, out=c)
+        if c.size and c.min() < 0:
+            neg = np.flatnonzero(c < 0) * 2 + p
+            ok[np.searchsorted(runs, neg, side="right") - 1] = False
         lo, hi = (r0 - p + 1) // 2, (r1 - p + 1) // 2  # this parity's numbers of each string: [lo, hi)
         part = np.zeros(idx.size, np.int64)
         nz = hi > lo
         if nz.any():
-            part[nz] = np.add.reduceat(c[p::2], lo[nz], dtype=np.int64)
+            part[nz] = np.add.reduceat(c, lo[nz], dtype=np.int64)
         sums.append(part)
     total[has] = sums[0] + sums[1]
     area[has] = np.where((r0 & 1) == 0, sums[1], sums[0])  # the numbers of odd rank in the string

@@ -12,6 +12,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from fvcore.nn import sigmoid_focal_loss_jit
 from torch import Tensor, nn
 
+from onestage.inputs import check_finite_images
 from onestage.layers import distance_to_boxes, iou_loss, reduce_mean
 
 from .decode import select_fcos_detections
@@ -155,6 +156,8 @@ class FCOS(nn.Module):
         features: dict[str, Tensor],
         gt_instances: list[Instances] | None = None,
     ) -> tuple[list[Instances] | None, dict[str, Tensor]]:
+        # the first place our code sees the normalised image of a GeneralizedRCNN (CenterMask)
+        check_finite_images(images.tensor, "FCOS")
         feats = [features[f] for f in self.in_features]
         logits, regs, ctrs = self.fcos_head(feats)
         locations = compute_locations([f.shape[-2:] for f in feats], self.strides, feats[0].device)

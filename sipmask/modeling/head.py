@@ -109,6 +109,7 @@ class SipMaskHead(nn.Module):
         rescoring: bool = False,
         init: str = "mmdet",
         prior_prob: float = 0.01,
+        coef_init_std: float = 0.001,
     ):
         super().__init__()
         channels = input_shape[0].channels
@@ -148,9 +149,9 @@ class SipMaskHead(nn.Module):
                 [ConvModule(chans[i], chans[i + 1], 3, stride=2, padding=0) for i in range(6)]
             )
             self.mask_scoring = nn.Conv2d(128, num_classes, 1)
-        self._init_weights(init, prior_prob)
+        self._init_weights(init, prior_prob, coef_init_std)
 
-    def _init_weights(self, init: str, prior_prob: float) -> None:
+    def _init_weights(self, init: str, prior_prob: float, coef_init_std: float = 0.001) -> None:
         if init not in ("mmdet", "benchmark"):
             raise ValueError(f"INIT must be 'mmdet' or 'benchmark', got {init!r}")
         for tower in (self.cls_convs, self.reg_convs):
@@ -163,7 +164,7 @@ class SipMaskHead(nn.Module):
             nn.init.zeros_(conv.bias)
         nn.init.constant_(self.fcos_cls.bias, -math.log((1 - prior_prob) / prior_prob))
         if init == "mmdet":  # the benchmark leaves these at PyTorch's default init
-            nn.init.normal_(self.sip_cof.weight, std=0.001)
+            nn.init.normal_(self.sip_cof.weight, std=coef_init_std)
             nn.init.zeros_(self.sip_cof.bias)
             for conv in (self.sip_mask_lat0, self.sip_mask_lat):
                 nn.init.normal_(conv.weight, std=0.01)
@@ -192,6 +193,7 @@ class SipMaskHead(nn.Module):
             "rescoring": c.RESCORING,
             "init": c.INIT,
             "prior_prob": c.PRIOR_PROB,
+            "coef_init_std": c.COEF_INIT_STD,
         }
 
     def forward(self, features: list[Tensor]) -> dict[str, list[Tensor] | Tensor]:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
@@ -22,6 +23,7 @@ from onestage.fcos import (
     per_location_stride_and_range,
     select_fcos_detections,
 )
+from onestage.inputs import check_finite_images
 from onestage.layers import distance_to_boxes, fast_nms, multiclass_nms, plus_one_boxes, reduce_mean
 
 from .crop_split import crop_split
@@ -130,7 +132,7 @@ class SipMask(DenseDetector):
     ):
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         checks = {
-            "BOX_LOSS": (box_loss, ("iou_plus1_stride_units", "giou_benchmark")),
+            "BOX_LOSS": (box_loss, ("iou_plus1_stride_units", "iou_plus1_pixels", "giou_benchmark")),
             "CLS_NORM": (cls_norm, ("pos_plus_imgs", "pos_allreduce")),
             "CTR_LOSS_REDUCTION": (ctr_loss_reduction, ("mean", "sum_over_pos")),
             "MASK_LOSS_VARIANT": (mask_loss_variant, ("mmdet", "benchmark")),
@@ -173,7 +175,7 @@ class SipMask(DenseDetector):
         missing = [f for f in c.IN_FEATURES if f not in shapes]
         if missing:
             raise ValueError(f"backbone has no features {missing}; it outputs {sorted(shapes)}")
-        head = SipMaskHead(cfg, [shapes[f] for f in c.IN_FEATURES])
+        head = cls.build_head(cfg, [shapes[f] for f in c.IN_FEATURES])
         return {
             "backbone": backbone,
             "head": head,
@@ -202,6 +204,10 @@ class SipMask(DenseDetector):
             "fixed_size_test": c.FIXED_INPUT_SIZE_TEST or None,
         }
 
+    @classmethod
+    def build_head(cls, cfg, input_shape: list[ShapeSpec]) -> SipMaskHead:
+        return SipMaskHead(cfg, input_shape)
+
     # ------------------------------------------------------------------ input
     def preprocess_image(self, batched_inputs: list[dict[str, Tensor]]) -> ImageList:
         """Normalise, optionally resize to the fixed (H, W) input ignoring the aspect ratio
@@ -217,7 +223,9 @@ class SipMask(DenseDetector):
             if fixed is not None and tuple(img.shape[-2:]) != fixed:
                 img = F.interpolate(img[None], size=fixed, mode="bilinear", align_corners=False)[0]
             images.append((img - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        check_finite_images(batch.tensor, "SipMask")
+        return batch
 
     def forward(self, batched_inputs: list[dict[str, Tensor]]):
         images = self.preprocess_image(batched_inputs)
@@ -226,16 +234,21 @@ class SipMask(DenseDetector):
         if self.training:
             if "instances" not in batched_inputs[0]:
                 raise ValueError("SipMask training needs 'instances' in every input")
-            gt_instances = []
-            for x, hw in zip(batched_inputs, images.image_sizes):
-                inst = x["instances"].to(self.device)
-                if not inst.has("gt_masks"):
-                    raise ValueError("SipMask training needs gt_masks (MODEL.MASK_ON: True)")
-                if tuple(inst.image_size) != tuple(hw):
-                    inst = _resize_instances(inst, tuple(hw))
-                gt_instances.append(inst)
+            gt_instances = self.prepare_gt_instances([x["instances"] for x in batched_inputs], images)
             return self.losses(images, preds, gt_instances)
         return self.inference(images, preds, batched_inputs)
+
+    def prepare_gt_instances(self, instances: list[Instances], images: ImageList) -> list[Instances]:
+        """Ground truth on this device, rescaled to the network input where the model resized it."""
+        gt_instances = []
+        for inst, hw in zip(instances, images.image_sizes):
+            inst = inst.to(self.device)
+            if not inst.has("gt_masks"):
+                raise ValueError("SipMask training needs gt_masks (MODEL.MASK_ON: True)")
+            if tuple(inst.image_size) != tuple(hw):
+                inst = _resize_instances(inst, tuple(hw))
+            gt_instances.append(inst)
+        return gt_instances
 
     # ------------------------------------------------------------------ training
     def _flatten(self, preds: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -260,7 +273,16 @@ class SipMask(DenseDetector):
             boxes = boxes - boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
         return boxes
 
-    def losses(self, images: ImageList, preds: dict, gt_instances: list[Instances]) -> dict[str, Tensor]:
+    def losses(
+        self,
+        images: ImageList,
+        preds: dict,
+        gt_instances: list[Instances],
+        positives_out: list[tuple[Tensor, Tensor, Tensor]] | None = None,
+    ) -> dict[str, Tensor]:
+        """The image losses. If ``positives_out`` is a list, it receives per image the positives
+        that passed the mask loss's area filter: (location indices (P,), their detached predicted
+        boxes in input pixels (P, 4), their gt indices (P,))."""
         cls, reg, ctr, coef = self._flatten(preds)
         locations, strides, ranges, _ = self._locations(preds)
         basis = preds["basis"]
@@ -318,6 +340,8 @@ class SipMask(DenseDetector):
         pos_ctr = ctr[pos].float()
         if self.box_loss == "iou_plus1_stride_units":
             loss_bbox = iou_loss_plus1(pos_reg, pos_tgt, ctr_t)
+        elif self.box_loss == "iou_plus1_pixels":  # SipMask-VIS: distances in input pixels
+            loss_bbox = iou_loss_plus1((reg * strides[:, None])[pos], reg_t[pos], ctr_t)
         else:
             denom = max(_all_reduce_mean(float(ctr_t.sum()), cls.device), 1e-6)
             loss_bbox = giou_loss_benchmark(pos_reg, pos_tgt, ctr_t) / denom
@@ -334,6 +358,8 @@ class SipMask(DenseDetector):
         for i in range(num_imgs):
             p = torch.nonzero(pos[i]).squeeze(1)
             if p.numel() == 0:
+                if positives_out is not None:
+                    positives_out.append((p, reg.new_zeros((0, 4)), p))
                 continue
             d = reg[i, p].detach() * strides[p, None]
             pred_boxes = distance_to_boxes(locations[p], d) / 2
@@ -350,6 +376,8 @@ class SipMask(DenseDetector):
                 variant=self.mask_loss_variant,
             )
             loss_mask = loss_mask + loss_i
+            if positives_out is not None:
+                positives_out.append((p[keep], pred_boxes[keep] * 2, gt_idx[keep]))
             if self.head.rescoring and keep.numel():
                 scores = self.head.rescore(kept_masks.detach())
                 iou_preds.append(scores[torch.arange(keep.numel()), labels_t[i, p[keep]]])

@@ -14,9 +14,11 @@ Datasets (registered on import of :mod:`vis_eval.data`, generated on first use u
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..progress import ProgressLogger
 from .shapes import (
     CLASS_COLORS,
     CLASS_NAMES,
@@ -42,6 +45,12 @@ from .shapes import (
 )
 
 VERSION = "v1"
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetRootError(OSError):
+    """``$DETECTRON2_DATASETS`` (or the folder given) cannot hold the generated datasets."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +133,9 @@ def write_split(out_dir: Path, split: str, spec: SplitSpec, scene: SceneSpec = S
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
+    progress = ProgressLogger(logger, f"synthetic_shapes_{split}", spec.num_images, "images")
     for index in range(spec.num_images):
+        progress.step()
         image, anns = render_image(spec.seed, index, scene)
         file_name = f"{index:06d}.png"
         cv2.imwrite(str(image_dir / file_name), image[:, :, ::-1])
@@ -148,8 +159,16 @@ def generate_once(base: Path, split: str, write: Callable[[Path], None]) -> Path
     json_file = base / f"{split}.json"
     if json_file.is_file():
         return json_file
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=base))
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=base))
+    except OSError as e:  # a file on the path, no permission, read-only file system, ...
+        raise DatasetRootError(
+            f"cannot generate the synthetic dataset in {base}: {e.strerror or e}; set DETECTRON2_DATASETS "
+            f"(now {os.environ.get('DETECTRON2_DATASETS', 'unset: ./datasets')}) to a writable folder"
+        ) from e
+    logger.info(f"generating {base / split} (first use; reused afterwards) ...")
+    start = time.perf_counter()
     try:
         write(tmp)
         try:
@@ -160,6 +179,7 @@ def generate_once(base: Path, split: str, write: Callable[[Path], None]) -> Path
         (tmp / f"{split}.json").replace(json_file)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    logger.info(f"generated {base / split} in {time.perf_counter() - start:.0f} s")
     return json_file
 
 

@@ -18,12 +18,14 @@ Datasets (registered by :func:`register_synthetic_vis`, generated on first use u
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..progress import ProgressLogger
 from ..rle import mask_to_uncompressed_rle
 from .shapes import Shape, mask_bbox, paint, random_shape, render_background
 from .synthetic import datasets_root, ensure_split, register_generated_splits, shape_categories
@@ -163,7 +165,11 @@ def render_video(
 def write_split(out_dir: Path, split: str, spec: VideoSplitSpec, scene: VideoSceneSpec = SCENE) -> None:
     """Write ``out_dir/<split>/JPEGImages/<video>/<frame>.jpg`` and ``out_dir/<split>.json``."""
     videos, annotations = [], []
+    progress = ProgressLogger(
+        logging.getLogger(__name__), f"synthetic_vis_{split}", spec.num_videos, "videos"
+    )
     for index in range(spec.num_videos):
+        progress.step()
         frames, tracks, visible = render_video(spec.seed, index, scene)
         folder = f"video_{index:05d}"
         (out_dir / split / _IMAGE_SUBDIR / folder).mkdir(parents=True, exist_ok=True)

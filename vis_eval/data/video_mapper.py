@@ -24,7 +24,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 
-__all__ = ["VideoClipMapper", "reference_positions", "sample_clip_frames"]
+__all__ = ["VideoClipMapper", "reference_positions", "sample_clip_frames", "usable_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,15 @@ def sample_clip_frames(
     if shuffle:
         rng.shuffle(frames)
     return frames
+
+
+def usable_frames(video: dict) -> list[int]:
+    """Indices of the frames of a video dict with at least one non-crowd object."""
+    return [
+        t
+        for t, objs in enumerate(video.get("annotations") or [])
+        if any(not o.get("iscrowd", 0) for o in objs)
+    ]
 
 
 def reference_positions(query_ids: torch.Tensor, reference_ids: torch.Tensor) -> torch.Tensor:
@@ -130,17 +139,12 @@ class VideoClipMapper:
         length = len(video["file_names"])
         if not self.is_train:
             return [min(t, length - 1) for t in range(self.sampling_frame_num)]
-        annotated = [
-            t
-            for t, objs in enumerate(video.get("annotations") or [])
-            if any(not o.get("iscrowd", 0) for o in objs)
-        ]
         return sample_clip_frames(
             np.random,  # Detectron2 seeds the global generator per data-loader worker
             length,
             self.sampling_frame_num,
             self.sampling_frame_range,
-            annotated,
+            usable_frames(video),
             self.sampling_frame_shuffle,
         )
 

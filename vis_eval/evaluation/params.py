@@ -188,13 +188,15 @@ def load_results(results: list | str | os.PathLike) -> list[dict]:
         results = read_json(results)
     if not isinstance(results, list):
         raise ValueError("results must be a JSON list of video instances")
+    required = ("video_id", "category_id", "score", "segmentations")
+    required_set = frozenset(required)
     for i, r in enumerate(results):
-        if not isinstance(r, dict):
+        if type(r) is not dict and not isinstance(r, dict):
             raise ValueError(f"result #{i} is not an object")
-        for key in ("video_id", "category_id", "score", "segmentations"):
-            if key not in r:
-                raise ValueError(f"result #{i} has no '{key}' field")
-        if not isinstance(r["segmentations"], list):
+        if not r.keys() >= required_set:
+            key = next(key for key in required if key not in r)
+            raise ValueError(f"result #{i} has no '{key}' field")
+        if type(r["segmentations"]) is not list and not isinstance(r["segmentations"], list):
             raise ValueError(f"result #{i}: 'segmentations' must be a list (one entry per frame)")
     return results
 

@@ -224,6 +224,53 @@ def _contiguous_hint(bad: set, cat_ids: set) -> str:
     return ""
 
 
+def _mask_key(s: Any) -> Any:
+    return s.get("counts") if isinstance(s, dict) else s
+
+
+class _Duplicates:
+    """Finds tracks equal to an earlier one (same video, category and per-frame masks).
+
+    Tracks are first keyed by video, category, length and first non-empty mask only; the full key
+    (every frame's ``counts``) is built only for tracks sharing such a key, i.e. almost never.
+    Tracks with unhashable masks (e.g. uncompressed RLE) are not compared.
+    """
+
+    def __init__(self) -> None:
+        self._by_head: dict[Any, list[int]] = {}
+        self._full: dict[int, Any] = {}  # full keys built so far (None: unhashable)
+        self._segms: dict[int, list] = {}
+
+    def _full_key(self, k: int) -> Any:
+        if k not in self._full:
+            key = tuple(map(_mask_key, self._segms[k]))
+            try:
+                hash(key)
+            except TypeError:
+                key = None
+            self._full[k] = key
+        return self._full[k]
+
+    def first_of(self, k: int, vid: Any, cat: Any, segms: list) -> int | None:
+        """The first earlier track equal to track ``k``, or None (registers ``k``)."""
+        first = next(filter(None, segms), None)
+        try:
+            head = (vid, cat, len(segms), _mask_key(first))
+            earlier = self._by_head.setdefault(head, [])
+        except TypeError:  # unhashable first mask: not compared
+            return None
+        self._segms[k] = segms
+        if earlier:
+            key = self._full_key(k)
+            if key is None:
+                return None
+            for j in earlier:
+                if self._full_key(j) == key:  # same head: same video and category
+                    return j
+        earlier.append(k)
+        return None
+
+
 def check_results(
     results: list,
     videos: dict[int, tuple[int, int, int]],
@@ -244,47 +291,49 @@ def check_results(
     per_bucket: Counter = Counter()
     seen_videos: set = set()
     empty_tracks: list[int] = []
-    first_of: dict = {}
+    duplicates = _Duplicates()
     unknown_cats: dict = {}
+    required = ("video_id", "category_id", "score", "segmentations")
+    required_set = frozenset(required)
     for k, r in enumerate(results):
-        where = f"result #{k}"
-        if not isinstance(r, dict):
-            err(f"{where}: not an object")
+        # messages are formatted only for the results that have a problem (the loop is hot)
+        if type(r) is not dict and not isinstance(r, dict):
+            err(f"result #{k}: not an object")
             continue
-        missing = [key for key in ("video_id", "category_id", "score", "segmentations") if key not in r]
-        if missing:
-            err(f"{where}: missing {', '.join(missing)}")
+        if not r.keys() >= required_set:
+            err(f"result #{k}: missing {', '.join(key for key in required if key not in r)}")
             continue
         vid, cat, score, segms = r["video_id"], r["category_id"], r["score"], r["segmentations"]
-        if not _is_int(vid) or vid not in videos:
-            err(f"{where}: unknown video_id {vid!r}")
+        if not (type(vid) is int or _is_int(vid)) or vid not in videos:
+            err(f"result #{k}: unknown video_id {vid!r}")
             continue
-        where = f"result #{k} (video {vid})"
         seen_videos.add(vid)
-        if not _is_int(cat):
-            err(f"{where}: category_id {cat!r} is not an integer")
+        cat_is_int = type(cat) is int or _is_int(cat)
+        if not cat_is_int:
+            err(f"result #{k} (video {vid}): category_id {cat!r} is not an integer")
         elif cat_ids is not None and cat not in cat_ids:
-            unknown_cats.setdefault(cat, where)
-        if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
-            err(f"{where}: score {score!r} is not a finite number")
-        per_bucket[vid, cat if _is_int(cat) else None] += 1
+            unknown_cats.setdefault(cat, f"result #{k} (video {vid})")
+        if not (type(score) is float and math.isfinite(score)) and (
+            isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score)
+        ):
+            err(f"result #{k} (video {vid}): score {score!r} is not a finite number")
+        per_bucket[vid, cat if cat_is_int else None] += 1
         length = videos[vid][0]
-        if not isinstance(segms, list):
-            err(f"{where}: 'segmentations' must be a list with one entry per frame")
+        if type(segms) is not list and not isinstance(segms, list):
+            err(f"result #{k} (video {vid}): 'segmentations' must be a list with one entry per frame")
             continue
         usable.append(k)
         if len(segms) != length:
-            err(f"{where}: 'segmentations' has {len(segms)} entries, the video has {length} frames")
-        if all(s is None for s in segms):
+            err(
+                f"result #{k} (video {vid}): 'segmentations' has {len(segms)} entries, "
+                f"the video has {length} frames"
+            )
+        if segms.count(None) == len(segms):
             empty_tracks.append(k)
             continue
-        try:
-            key = (vid, cat, tuple(s.get("counts") if isinstance(s, dict) else s for s in segms))
-            j = first_of.setdefault(key, k)
-        except TypeError:  # unhashable (e.g. uncompressed) masks: not compared
-            continue
-        if j != k:
-            err(f"{where}: duplicate of result #{j} (same video, category and masks)")
+        j = duplicates.first_of(k, vid, cat, segms)
+        if j is not None:
+            err(f"result #{k} (video {vid}): duplicate of result #{j} (same video, category and masks)")
     if unknown_cats:
         ids = sorted(unknown_cats)
         hint = _contiguous_hint(set(ids), cat_ids or set())

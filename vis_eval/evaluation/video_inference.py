@@ -45,6 +45,7 @@ def evaluate_video_dataset(
     # Each process runs its share of the videos; the evaluator gathers them on the main process.
     mine = videos[comm.get_rank() :: comm.get_world_size()]
     start, total_frames = time.perf_counter(), 0
+    last_log = start
     for k, video in enumerate(mine):
         results = runner.run_video(
             video["file_names"],
@@ -55,8 +56,9 @@ def evaluate_video_dataset(
         )
         evaluator.process([video], [results])
         total_frames += len(video["file_names"])
-        if (k + 1) % 20 == 0 or k + 1 == len(mine):
-            elapsed = time.perf_counter() - start
+        now = time.perf_counter()
+        if k == 0 or (k + 1) % 20 == 0 or k + 1 == len(mine) or now - last_log >= 5.0:
+            last_log, elapsed = now, now - start
             logger.info(
                 f"{dataset_name}: {k + 1}/{len(mine)} videos, {total_frames} frames "
                 f"({total_frames / max(elapsed, 1e-9):.1f} frames/s)"

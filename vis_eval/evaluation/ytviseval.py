@@ -4,9 +4,14 @@ Same numbers as the plain per-pair loops of :mod:`vis_eval.evaluation.reference`
 YouTube-VIS API), organised for speed:
 
 * Masks: every truthy per-frame mask of every track is gathered once (flat arrays of owner track,
-  frame, RLE) and its area computed in one batched ``pycocotools.mask.area`` call.
-* IoU: the (result, GT) mask pairs of the same (video, category) bucket and frame are compared in a
-  few ``pycocotools.mask.iou`` calls (about one per video): consecutive (bucket, frame) groups of a
+  frame, RLE); one pass over their compressed strings gives each mask's area and run total (masks
+  whose runs do not cover their H x W pixels are refused): :func:`vis_eval.rle.run_sums` (NumPy), or
+  the optional compiled accelerator (:mod:`vis_eval.rle_accel`, identical numbers).
+* IoU with the accelerator: the exact intersections of all (result, GT) mask pairs of the same
+  (video, category) bucket and frame in one C call (each mask decoded once into its foreground
+  intervals). Without it (or with ``VIS_EVAL_PURE=1``), pycocotools:
+* IoU, pure path: the pairs are compared in few ``pycocotools.mask.iou`` calls: consecutive
+  (bucket, frame) groups of a
   video are laid side by side on one canvas by rewriting only the first run length of each
   compressed RLE string (a shift by whole frames), so the call's bounding-box test skips the pairs
   of different groups while the IoU of two masks of one group is that of the original masks.
@@ -14,9 +19,11 @@ YouTube-VIS API), organised for speed:
   (``I = IoU (a_d + a_g) / (1 + IoU)``, rounded), summed per track pair with a ``bincount``, and
   the video union follows from prefix sums of the per-frame areas (which handles the zip truncation
   to the shorter track and one-sided frames). Groups holding a string whose first run is not a
-  short well-formed number take one ``iou`` call per (video, frame); masks whose size differs from
-  the video's take a slow exact path with ``mask_util.merge``. Boxes of results are never computed
-  (segm evaluation does not use them).
+  short well-formed number, groups of many masks and (video, frame)s of many masks (where one call
+  costs less than rewriting the strings) take one plain ``iou`` call per (video, frame). Masks whose
+  size differs from the video's take a slow exact path with ``mask_util.merge`` (both paths). Boxes
+  of results are never computed (segm evaluation does not use them).
+* The cyclic garbage collector is paused during the evaluation (many small containers, no cycles).
 * Matching: the greedy per-threshold matcher runs once per result rank over all buckets, area ranges
   and IoU thresholds at once (buckets padded to a power of two of their GT count).
 * Accumulation: one lexicographic sort of all results, then per maxDets the cumulative sums of all
@@ -31,11 +38,15 @@ import logging
 import operator
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import pycocotools.mask as mask_util
 
-from ..rle import run_sums, segm_to_rle
+from ..file_io import gc_paused
+from ..rle import join_counts, run_sums, segm_to_rle
+from ..rle_accel import Accel
+from ..rle_accel import get as get_accel
 from .params import EvalParams, EvalResult, prepare_inputs, summarize
 
 __all__ = ["evaluate"]
@@ -56,7 +67,7 @@ class _Entries:
     index of its first entry (length n_tracks + 1); ``length``: per track, its number of frames.
     """
 
-    def __init__(self, segms: list[list], sizes: list[tuple[int, int]]) -> None:
+    def __init__(self, segms: list[list], sizes: list[tuple[int, int]], accel: Accel | None = None) -> None:
         self.length = np.fromiter(map(len, segms), np.int64, len(segms))
         flat = list(itertools.chain.from_iterable(segms))
         truthy = list(map(bool, flat))
@@ -67,22 +78,30 @@ class _Entries:
         rles = list(itertools.compress(flat, truthy))
         try:
             counts = list(map(_COUNTS, rles))
-            compressed = set(map(type, counts)) <= {str, bytes}
+            types = set(map(type, counts))
         except (TypeError, KeyError):
-            compressed = False
-        if not compressed:  # polygons / uncompressed RLE (GT) or malformed entries
+            types = {None}
+        if not types <= {str, bytes}:  # polygons / uncompressed RLE (GT) or malformed entries
             for k, r in enumerate(rles):
                 if type(r) is not dict or not isinstance(r.get("counts"), (str, bytes)):
                     h, w = sizes[self.owner[k]]
                     rles[k] = segm_to_rle(r, h, w)
             counts = list(map(_COUNTS, rles))
+            types = set(map(type, counts))
         self.rles, self.counts = rles, counts
-        self.str_counts = set(map(type, counts)) <= {str}
+        self.str_counts = types <= {str}
         n = len(rles)
-        # one pass over the strings: areas and run totals (the malformed-mask check)
-        self.area, total, well_formed = run_sums(counts)
+        # one pass over the strings: areas and run totals (the malformed-mask check); the
+        # accelerator keeps the joined strings, which it reads again for the intersections
+        self.accel = accel
+        if accel is None:
+            self.area, total, well_formed = run_sums(counts)
+        else:
+            self.buf, self.off, ascii_ok = join_counts(counts)
+            self.area, total, well_formed, _, _ = accel.stats(self.buf, self.off)
+            well_formed &= ascii_ok
         track_size = [list(map(int, hw)) for hw in sizes]
-        ref = [track_size[i] for i in self.owner.tolist()]
+        ref = list(map(track_size.__getitem__, self.owner.tolist()))
         self.regular = np.fromiter(map(operator.eq, map(_SIZE, rles), ref), bool, n)
         hw = np.array(track_size, np.int64).reshape(-1, 2)
         self.h, self.w = hw[self.owner, 0], hw[self.owner, 1]
@@ -117,6 +136,7 @@ _HEAD = 7  # characters read / written for the first run length of a compressed 
 _MAX_CANVAS = (1 << 31) - 1  # pixels of one batched canvas (pycocotools run lengths are 32-bit)
 _PAIRS_PER_CALL = 16384  # bound on rows x columns of one batched ``mask_util.iou`` call
 _FRAME_CALL_MASKS = 16  # (bucket, frame) groups with this many masks get a per-frame ``iou`` call
+_VIDEO_FRAME_CALL_MASKS = 24  # so do all groups of a (video, frame) with this many compared masks
 
 
 def _first_runs(counts: list) -> tuple[np.ndarray, np.ndarray]:
@@ -257,6 +277,46 @@ def _batched_intersections(
     return de, ge, np.rint(op * s / (1.0 + op))
 
 
+def _same_key_pairs(
+    d_sel: np.ndarray, g_sel: np.ndarray, d_key: np.ndarray, g_key: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (result entry, GT entry) pair of equal ``key``, given entries sorted by key with the
+    same keys on both sides."""
+    _, d_first, d_cnt = np.unique(d_key[d_sel], return_index=True, return_counts=True)
+    _, g_first, g_cnt = np.unique(g_key[g_sel], return_index=True, return_counts=True)
+    d_q = np.repeat(np.arange(d_first.size), d_cnt)
+    n_p = g_cnt[d_q]
+    pi = np.repeat(np.arange(d_sel.size), n_p)
+    start = np.r_[0, np.cumsum(n_p)][:-1]
+    pj = np.repeat(g_first[d_q] - start, n_p) + np.arange(pi.size)
+    return d_sel[pi], g_sel[pj]
+
+
+def _accel_intersections(
+    d: _Entries,
+    g: _Entries,
+    d_sel: np.ndarray,
+    g_sel: np.ndarray,
+    d_key: np.ndarray,
+    g_key: np.ndarray,
+    pair_index: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n_pairs: int,
+) -> np.ndarray:
+    """Per track pair (flat index ``pair_index(result track, GT track)``): the summed exact
+    intersections of its same-frame regular masks, from the compiled accelerator (one call; each
+    mask decoded once)."""
+    assert d.accel is not None
+    d_sel = d_sel[np.argsort(d_key[d_sel], kind="stable")]
+    g_sel = g_sel[np.argsort(g_key[g_sel], kind="stable")]
+    _, d_first = np.unique(d_key[d_sel], return_index=True)
+    _, g_first = np.unique(g_key[g_sel], return_index=True)
+    i_pair = d.accel.group_intersections(
+        (d.buf, d.off), d_sel, np.r_[d_first, d_sel.size], (g.buf, g.off), g_sel, np.r_[g_first, g_sel.size]
+    )
+    de, ge = _same_key_pairs(d_sel, g_sel, d_key, g_key)
+    return np.bincount(pair_index(d.owner[de], g.owner[ge]), i_pair, n_pairs)
+
+
 def _bucket_ious(
     d: _Entries,
     g: _Entries,
@@ -302,9 +362,15 @@ def _bucket_ious(
     g_sel = np.flatnonzero(g.regular & np.isin(g_key, d_reg_keys))
     inter = np.zeros(n_pairs)
 
+    def pair_index(td: np.ndarray, tg: np.ndarray) -> np.ndarray:
+        return off[d_bkt[td]] + d_row[td] * ng_b[d_bkt[td]] + g_col[tg]
+
+    if d.accel is not None:  # the compiled accelerator: every same-(bucket, frame) pair in one call
+        inter[:] = _accel_intersections(d, g, d_sel, g_sel, d_key, g_key, pair_index, n_pairs)
+        d_sel = g_sel = d_sel[:0]  # nothing left for the pycocotools paths
+
     def add(de: np.ndarray, ge: np.ndarray, i_pair: np.ndarray) -> None:
-        td, tg = d.owner[de], g.owner[ge]
-        inter[:] += np.bincount(off[d_bkt[td]] + d_row[td] * ng_b[d_bkt[td]] + g_col[tg], i_pair, n_pairs)
+        inter[:] += np.bincount(pair_index(d.owner[de], g.owner[ge]), i_pair, n_pairs)
 
     # batched path: groups of few masks (crowded frames amortise a call of their own) whose masks
     # all have a well-formed first run
@@ -312,6 +378,13 @@ def _bucket_ious(
     g_sel = g_sel[np.argsort(g_key[g_sel], kind="stable")]
     keys, n_masks = np.unique(np.r_[d_key[d_sel], g_key[g_sel]], return_counts=True)
     slow_keys = keys[n_masks >= _FRAME_CALL_MASKS]
+    # frames of a video holding many compared masks (all buckets together) amortise one plain
+    # per-frame call: cheaper than rewriting every string for the batched calls
+    d_vf = d_video[d_sel] * n_t + d.t[d_sel]
+    g_vf = bucket_video[ge_b[g_sel]] * n_t + g.t[g_sel]
+    vf, vf_inv, vf_n = np.unique(np.r_[d_vf, g_vf], return_inverse=True, return_counts=True)
+    busy = vf_n[vf_inv] >= _VIDEO_FRAME_CALL_MASKS
+    slow_keys = np.union1d(slow_keys, np.r_[d_key[d_sel], g_key[g_sel]][busy])
     d_small = np.flatnonzero(~np.isin(d_key[d_sel], slow_keys))
     g_small = np.flatnonzero(~np.isin(g_key[g_sel], slow_keys))
     d_counts = list(map(d.counts.__getitem__, d_sel[d_small].tolist()))
@@ -358,17 +431,22 @@ def _bucket_ious(
         g_bounds = np.r_[g_first, g_sel.size].tolist()
         d_rles = list(map(d.rles.__getitem__, d_sel.tolist()))
         g_rles = list(map(g.rles.__getitem__, g_sel.tolist()))
-        d_b, g_b = de_b[d_sel], ge_b[g_sel]
-        o_all, di_all, gi_all = [], [], []
-        for q in range(len(d_first)):
-            d0, d1, g0, g1 = d_bounds[q], d_bounds[q + 1], g_bounds[q], g_bounds[q + 1]
-            o = mask_util.iou(d_rles[d0:d1], g_rles[g0:g1], [0] * (g1 - g0))
-            di, gi = np.nonzero(d_b[d0:d1, None] == g_b[None, g0:g1])
-            o_all.append(np.asarray(o, np.float64).reshape(d1 - d0, g1 - g0)[di, gi])
-            di_all.append(di + d0)
-            gi_all.append(gi + g0)
-        op = np.concatenate(o_all)
-        de, ge = d_sel[np.concatenate(di_all)], g_sel[np.concatenate(gi_all)]
+        zeros = [0] * int(np.diff(g_bounds).max())
+        iou = mask_util.iou
+        o_all = [
+            iou(d_rles[d0:d1], g_rles[g0:g1], zeros[: g1 - g0]).ravel()
+            for d0, d1, g0, g1 in zip(d_bounds[:-1], d_bounds[1:], g_bounds[:-1], g_bounds[1:])
+        ]
+        # every (result, GT) entry pair of each call, row-major, then those of one bucket
+        nd_q, ng_q = np.diff(d_bounds), np.diff(g_bounds)
+        n_q = nd_q * ng_q
+        q = np.repeat(np.arange(nd_q.size), n_q)
+        local = np.arange(int(n_q.sum())) - np.repeat(np.r_[0, np.cumsum(n_q)][:-1], n_q)
+        di = np.asarray(d_bounds[:-1])[q] + local // ng_q[q]
+        gi = np.asarray(g_bounds[:-1])[q] + local % ng_q[q]
+        same = de_b[d_sel[di]] == ge_b[g_sel[gi]]
+        op = np.concatenate(o_all).astype(np.float64)[same]
+        de, ge = d_sel[di[same]], g_sel[gi[same]]
         s = (d.area[de] + g.area[ge]).astype(np.float64)
         add(de, ge, np.rint(op * s / (1.0 + op)))
     inter = inter.astype(np.int64)
@@ -479,7 +557,13 @@ def evaluate(
         results: list of ``{"video_id", "category_id", "score", "segmentations"}`` or a JSON/zip path.
         params: evaluation parameters (defaults: spec §4.3).
     """
-    p, gt, results, videos, vid_ids, cat_ids = prepare_inputs(gt, results, params)
+    with gc_paused():  # the evaluation builds many small containers; none of them cyclic
+        return _evaluate(*prepare_inputs(gt, results, params))
+
+
+def _evaluate(
+    p: EvalParams, gt: dict, results: list, videos: dict, vid_ids: list, cat_ids: list
+) -> EvalResult:
     vorder = {v: i for i, v in enumerate(vid_ids)}
     corder = {c: k for k, c in enumerate(cat_ids)}
     n_thr, n_rec, n_cat = len(p.iou_thrs), len(p.rec_thrs), len(cat_ids)
@@ -522,8 +606,9 @@ def evaluate(
     d_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (v, k) in enumerate(zip(d_vid.tolist(), d_cat.tolist())):  # already in rank order
         d_bucket[v, k].append(i)
-    d_ent = _Entries(d_segms, [sizes[v] for v in d_vid.tolist()])
-    g_ent = _Entries([a["segmentations"] for a in g_anns], [sizes[v] for v in g_v])
+    accel = get_accel()
+    d_ent = _Entries(d_segms, [sizes[v] for v in d_vid.tolist()], accel)
+    g_ent = _Entries([a["segmentations"] for a in g_anns], [sizes[v] for v in g_v], accel)
     for ent, what in ((d_ent, "result"), (g_ent, "annotation")):
         if ent.malformed.size:
             e = int(ent.malformed[0])
@@ -543,8 +628,8 @@ def evaluate(
         if areas is None:  # not in the JSON: fall back to the mask areas
             g_avg[j] = g_rle_avg[j]
         else:
-            truthy = [x for x in areas if x]
-            if truthy and all(type(x) is int for x in truthy):
+            truthy = list(filter(None, areas))
+            if truthy and set(map(type, truthy)) == {int}:
                 g_avg[j] = sum(truthy) / len(truthy)  # exact sum: same value as np.mean
             else:
                 g_avg[j] = float(np.mean(truthy)) if truthy else 0.0
