@@ -226,3 +226,15 @@ def test_embeddings_are_taken_at_the_input_scale_box_centres(model):
     x = (centres[:, 0] / 8).floor().long().clamp(0, 9)
     y = (centres[:, 1] / 8).floor().long().clamp(0, 7)
     assert torch.allclose(embeddings, preds["track"][0][:, y, x].t(), atol=1e-5)
+
+
+def test_runner_memory_tool_runs_the_video_model_with_its_own_association(capsys):
+    import json
+
+    from tools.benchmark_runner_memory import main
+
+    opts = ["MODEL.SIPMASK.SCORE_THRESH_TEST", "0.0", *SMALL[2:], "MODEL.SIPMASK.TRACK_MAX_AGE", "2"]
+    args = ["--worker", "12", "--height", "64", "--width", "80", "--objects", "3", "--config-file", CONFIG]
+    assert main([*args, "--opts", *opts]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["frames"] == 12 and row["model"] == "SipMaskVIS-synthetic.yaml" and row["tracks"] >= 10

@@ -11,7 +11,9 @@ growth over the state after the first frame (the model, the caches and one frame
 the per-video results and the time. The default model is a deterministic stand-in that returns
 each shape's full-resolution mask (exact, cheap, and independent of training); ``--config-file``
 uses a real (randomly initialised) model instead. Flat memory = the growth does not scale with
-the number of frames beyond the results themselves (compressed RLE strings).
+the number of frames beyond the results themselves (compressed RLE strings). Video models (with
+``reset_video()``, e.g. SipMask-VIS) use their own association instead of the tracker;
+``MODEL.WEIGHTS`` in ``--opts`` loads trained weights.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def worker(args: argparse.Namespace, num_frames: int) -> dict:
     import torch
 
     from vis_eval.video import MaskIoUTracker, VideoResultBuilder, VideoRunner
+    from vis_eval.video.runner import video_model
 
     torch.set_num_threads(args.threads)
     source = synthetic_frames(num_frames, args.height, args.width, args.objects)
@@ -119,14 +122,21 @@ def worker(args: argparse.Namespace, num_frames: int) -> dict:
 
         cfg = load_config(args.config_file, args.opts, device="cpu")
         model = build_model(cfg).eval()
-        runner = VideoRunner.from_config(cfg, model, MaskIoUTracker)
+        if cfg.MODEL.WEIGHTS:
+            from detectron2.checkpoint import DetectionCheckpointer
+
+            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        # video models (SipMask-VIS) associate by themselves; image models get the mask-IoU tracker
+        runner = VideoRunner.from_config(cfg, model, None if video_model(model) else MaskIoUTracker)
         model_name = Path(args.config_file).name
     else:
         runner = VideoRunner(ShapeOracle(frames_only.masks()), MaskIoUTracker)
         model_name = f"shape oracle ({args.objects} objects)"
 
     builder = VideoResultBuilder()
-    stream = runner.stream(frames_only.frames(), builder=builder)
+    # a real model reads the frames only: the rendered masks are not kept for an oracle
+    frames = (frame for frame, _, _ in source) if args.config_file else frames_only.frames()
+    stream = runner.stream(frames, builder=builder)
     start = time.perf_counter()
     next(stream)  # the first frame: model, allocator caches and one frame's worth of buffers
     baseline = _rss_bytes()
