@@ -199,8 +199,8 @@ class EmbeddingTracker:
             new_rows, matched = rows, {}
         else:
             comp = self.comp(embeddings, boxes, instances.scores.detach(), labels)
-            best = comp.argmax(dim=1).tolist()
-            values = comp[torch.arange(n), comp.argmax(dim=1)].tolist()
+            best_values, best_columns = comp.max(dim=1)
+            best, values = best_columns.tolist(), best_values.tolist()
             matched: dict[int, tuple[float, int]] = {}  # memory row -> (Comp, detection)
             new = []
             for j, (k, v) in enumerate(zip(best, values)):
