@@ -42,6 +42,7 @@ from onestage.checkpoint import StrictCheckpointer
 from onestage.cli import exit_on_user_error, split_overrides
 from onestage.config import load_config
 from onestage.data import build_train_loader, is_video_dataset
+from onestage.engine import SkipNonFiniteTrainer
 from onestage.evaluation import MaskScoreCOCOEvaluator
 from vis_eval.evaluation.video_inference import evaluate_video_dataset
 
@@ -78,9 +79,11 @@ class Trainer(DefaultTrainer):
         for hook in self._hooks:
             if isinstance(hook, PeriodicCheckpointer):
                 hook.checkpointer = self.checkpointer
+        trainer = self._trainer
         if on_cpu and cfg.SOLVER.AMP.ENABLED:  # Detectron2's AMPTrainer needs CUDA
-            trainer = self._trainer
             self._trainer = CPUAutocastTrainer(trainer.model, trainer.data_loader, trainer.optimizer)
+        elif cfg.SOLVER.SKIP_NON_FINITE_STEPS and not cfg.SOLVER.AMP.ENABLED:  # AMP's scaler skips already
+            self._trainer = SkipNonFiniteTrainer(trainer.model, trainer.data_loader, trainer.optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

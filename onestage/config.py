@@ -33,6 +33,7 @@ __all__ = [
 METHOD_CONFIGS: tuple[tuple[str, str], ...] = (
     ("centermask", "add_centermask_config"),
     ("sipmask", "add_sipmask_config"),
+    ("stmask", "add_stmask_config"),
 )
 
 
@@ -100,6 +101,9 @@ def add_onestage_config(cfg: CN) -> None:
     # The batch size SOLVER.BASE_LR was tuned for; when > 0, load_config() applies the linear rule
     # BASE_LR *= IMS_PER_BATCH / REFERENCE_IMS_PER_BATCH to smaller batches (apply_linear_lr_rule). 0: off.
     cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 0
+    # Skip the optimizer step (logged) when the total loss is not finite, instead of stopping with
+    # Detectron2's FloatingPointError (STMask's authors skip; onestage.engine.SkipNonFiniteTrainer).
+    cfg.SOLVER.SKIP_NON_FINITE_STEPS = False
 
 
 def get_cfg() -> CN:

@@ -29,6 +29,12 @@ LAYOUTS: dict[str, str] = {
     "sipmask-benchmark": "sipmask.convert:convert_sipmask_benchmark",
     "sipmask-vis": "sipmask.convert:convert_sipmask_vis",
     "sipmask-coco-to-vis": "sipmask.convert:convert_sipmask_coco_to_vis",
+    "stmask": "stmask.convert:convert_stmask",
+}
+# layout name -> "module:function" returning a report printed after converting (e.g. the config that
+# fits the file); it raises ValueError / KeyError to refuse a file that no config can use.
+REPORTS: dict[str, str] = {
+    "stmask": "stmask.convert:stmask_report",
 }
 
 
@@ -36,6 +42,13 @@ def converter_for(layout: str) -> Callable[[dict[str, torch.Tensor]], dict[str, 
     if layout not in LAYOUTS:
         raise SystemExit(f"unknown layout {layout!r}; choose one of: {', '.join(sorted(LAYOUTS))}")
     module_name, func_name = LAYOUTS[layout].split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def report_for(layout: str) -> Callable[[dict[str, torch.Tensor]], str] | None:
+    if layout not in REPORTS:
+        return None
+    module_name, func_name = REPORTS[layout].split(":")
     return getattr(importlib.import_module(module_name), func_name)
 
 
@@ -63,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", type=Path)
     parser.add_argument("output", type=Path)
     args = parser.parse_args(argv)
+    report = report_for(args.layout)
     try:
-        converted = converter_for(args.layout)(load_state_dict(args.input))
+        state_dict = load_state_dict(args.input)
+        converted = converter_for(args.layout)(state_dict)
+        summary = report(state_dict) if report is not None else None
     except (KeyError, ValueError) as e:  # a state dict of another layout (LayoutError names it)
         raise SystemExit(f"{args.input}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     try:
@@ -73,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a parent that is a file, no permission, disk full, ...
         raise SystemExit(f"cannot write {args.output}: {e.strerror or e}") from e
     print(f"wrote {len(converted)} tensors to {args.output}")
+    if summary:
+        print(summary)
     return 0
 
 

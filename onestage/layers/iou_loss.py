@@ -32,6 +32,7 @@ def iou_loss(
     clamp_overlap: bool = True,
     min_iou: float = 0.0,
     enclose_eps: float = 0.0,
+    enclose_min: float = 0.0,
 ) -> Tensor:
     """Per-pair IoU loss between (P, 4) ``(l, t, r, b)`` predictions and targets (same units).
 
@@ -44,6 +45,7 @@ def iou_loss(
             distances never overlap negatively, and the clamp would zero the gradient at 0 overlap).
         min_iou: ``-log`` is taken of ``max(IoU, min_iou)`` (mmdet: 1e-6).
         enclose_eps: added to the GIoU enclosing area / DIoU squared diagonal (SipMask-benchmark: 1e-7).
+        enclose_min: the DIoU squared diagonal is clamped to at least this (STMask: 1e-10).
 
     Returns:
         (P,) losses.
@@ -75,4 +77,6 @@ def iou_loss(
     dx = ((pr - pl) - (gr - gl)) / 2
     dy = ((pb - pt) - (gb - gt)) / 2
     diag = enclose_w**2 + enclose_h**2 + enclose_eps
+    if enclose_min > 0:
+        diag = diag.clamp(min=enclose_min)
     return 1.0 - ious + (dx**2 + dy**2) / diag
