@@ -140,3 +140,20 @@ def test_reset_video_restarts_ids(synthetic_model):
     assert [list(i.ID) for i in first] == [list(i.ID) for i in again]
     for inst in first:  # ids are memory indices: unique, >= 0
         assert len(set(inst.ID)) == len(inst.ID) and min(inst.ID, default=0) >= 0
+
+
+def test_authors_bn_mode_switches_at_the_configured_iteration():
+    torch.manual_seed(0)
+    cfg = load_config(SYNTHETIC, SMALL + ["MODEL.STMASK.BN_TRAIN_FROM_ITER", "3"])
+    model = build_model(cfg).train()
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(p.requires_grad for bn in bns for p in bn.parameters())  # affine frozen
+    stats = bns[0].running_mean.clone()
+    with EventStorage(2):
+        model(training_batch())
+    assert not any(bn.training for bn in bns)  # running statistics before iteration 3
+    assert torch.equal(bns[0].running_mean, stats)
+    with EventStorage(3):
+        model(training_batch())
+    assert all(bn.training for bn in bns)  # batch statistics from iteration 3 on
+    assert not torch.equal(bns[0].running_mean, stats)
