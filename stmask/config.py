@@ -72,8 +72,11 @@ def add_stmask_config(cfg: CN) -> None:
     _C.MATCH_COEFFS = [0.0, 1.0, 2.0, 0.0]
     _C.TRACK_MAX_HIDDEN = 10
     _C.SCORE_DECAY = 0.95
-    # Drop tracks unmatched for this many frames (0 = never, the authors' never-pruned memory).
-    _C.TRACK_MAX_AGE = 0
+    # Drop tracks unmatched for more than this many frames (0 = never: the authors' memory, which
+    # grows by every unmatched detection, ~2-3 tracks per frame, and is propagated by the temporal net
+    # every frame). 40 bounds the state and changes nothing on videos of <= 41 frames (YouTube-VIS
+    # 2019 / 2021: at most 36 annotated frames).
+    _C.TRACK_MAX_AGE = 40
 
     # Fixed (H, W) network input ignoring the aspect ratio, resized inside the model at test time
     # (the authors: 360 x 640, padded to 384 x 640). Training clips are resized by the mapper.
