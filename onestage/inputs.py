@@ -5,6 +5,8 @@
   16-bit images scaled to 8 bits instead of clipped to white.
 * :func:`check_image_array`: the array given to a predictor is H x W x 3 uint8 with H, W > 0, or one
   line says what it is and how to convert it.
+* :func:`normalize_images`: the dense models' pre-processing (normalise, optional fixed-size resize,
+  pad, batch), which checks the result with :func:`check_finite_images`.
 * :func:`check_finite_images`: called where our models first see the normalised image tensor (SipMask's
   ``preprocess_image``, the FCOS proposal generator of CenterMask), so that a NaN / inf image is an
   error instead of zero detections.
@@ -14,11 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.data.detection_utils import read_image
+from detectron2.structures import ImageList
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-__all__ = ["CONVERT_HINT", "check_finite_images", "check_image_array", "read_image_bgr"]
+__all__ = [
+    "CONVERT_HINT",
+    "check_finite_images",
+    "check_image_array",
+    "normalize_images",
+    "read_image_bgr",
+]
 
 # The one line that makes a grayscale (H, W) or RGBA / BGRA (H, W, 4) array what the predictor expects.
 CONVERT_HINT = (
@@ -82,3 +92,30 @@ def check_finite_images(images: torch.Tensor, model: str) -> None:
             f"(of {images.numel()}); give finite pixel values (uint8 BGR 0-255) and a MODEL.PIXEL_STD "
             "without 0"
         )
+
+
+def normalize_images(
+    images: list[torch.Tensor],
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+    size_divisibility: int,
+    fixed_size: tuple[int, int] | None,
+    model: str,
+) -> ImageList:
+    """(C, H, W) images -> an ``ImageList`` on ``pixel_mean``'s device: each resized to ``fixed_size``
+    (H, W) ignoring its aspect ratio (bilinear) when given and different, normalised with
+    ``pixel_mean`` / ``pixel_std`` (C, 1, 1), zero-padded (after normalisation) to a multiple of
+    ``size_divisibility``. A wrong shape or a non-finite result raises ``ValueError`` naming ``model``."""
+    out = []
+    for img in images:
+        img = img.to(pixel_mean.device).float()
+        if img.dim() != 3 or img.shape[0] != pixel_mean.shape[0]:
+            raise ValueError(
+                f"expected a (C, H, W) image with {pixel_mean.shape[0]} channels, got {tuple(img.shape)}"
+            )
+        if fixed_size is not None and tuple(img.shape[-2:]) != tuple(fixed_size):
+            img = F.interpolate(img[None], size=tuple(fixed_size), mode="bilinear", align_corners=False)[0]
+        out.append((img - pixel_mean) / pixel_std)
+    batch = ImageList.from_tensors(out, size_divisibility)
+    check_finite_images(batch.tensor, model)
+    return batch

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data.datasets import register_coco_instances
 from detectron2.evaluation import DatasetEvaluator
@@ -19,6 +19,21 @@ def tiny_dataset(name: str, root) -> list[dict]:
     json_file, image_root = synthetic.ensure_generated("tiny", root)
     if name not in DatasetCatalog.list():
         register_coco_instances(name, {}, str(json_file), str(image_root))
+    return DatasetCatalog.get(name)
+
+
+def video_subset(name: str, num_videos: int = 2) -> list[dict]:
+    """Register ``name`` as the first ``num_videos`` videos of ``synthetic_vis_tiny`` (ground truth from
+    the dataset dicts, not the tiny json) and return their dicts."""
+    from vis_eval.data.synthetic_video import register_synthetic_vis
+
+    register_synthetic_vis()
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: DatasetCatalog.get("synthetic_vis_tiny")[:num_videos])
+        meta = MetadataCatalog.get("synthetic_vis_tiny").as_dict()
+        for key in ("name", "json_file"):
+            meta.pop(key, None)
+        MetadataCatalog.get(name).set(**meta)
     return DatasetCatalog.get(name)
 
 

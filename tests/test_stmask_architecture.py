@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
+from stmask_spec_keys import authors_shapes
 from torch import nn
 
 from onestage.config import get_cfg
@@ -299,26 +300,9 @@ def test_protonet_layout_and_output():
 # State-dict layout against the authors' checkpoints (spec §6.2)
 
 
-def _spec_head_keys(fcb, c=41, m=32, e=128):
-    keys = {"upfeature.0.weight": (256, 256, 3, 3), "upfeature.0.bias": (256,)}
-    for tower in ("conf", "bbox", "mask", "track"):
-        for i in (0, 2):
-            keys[f"{tower}_extra.{i}.weight"] = (256, 256, 3, 3)
-            keys[f"{tower}_extra.{i}.bias"] = (256,)
-    for k, (kh, kw) in enumerate(KERNELS):
-        for name, ch in (("bbox_layer", 4), ("centerness_layer", 1), ("track_layer", e), ("mask_layer", m)):
-            keys[f"{name}.{k}.weight"] = (ch, 256, kh, kw)
-            keys[f"{name}.{k}.bias"] = (ch,)
-        if fcb == "none":
-            keys[f"conf_layer.{k}.weight"] = (c, 256, kh, kw)
-            keys[f"conf_layer.{k}.bias"] = (c,)
-        else:
-            keys[f"conf_layer.{k}.conv_adaption.weight"] = (256, 256, kh, kw)
-            keys[f"conf_layer.{k}.conv.weight"] = (c, 256, kh, kw)
-            keys[f"conf_layer.{k}.conv.bias"] = (c,)
-            if fcb == "ada":
-                keys[f"conf_layer.{k}.conv_offset.weight"] = (2 * kh * kw, 4, 1, 1)
-    return {"prediction_layers.0." + k: v for k, v in keys.items()}
+def _spec_keys(prefix: str, fcb: str = "none") -> dict[str, tuple]:
+    """The spec's keys and shapes (C = 41, M = 32, E = 128) of the part under ``prefix``."""
+    return {k: v for k, v in authors_shapes(50, 2, fcb).items() if k.startswith(prefix)}
 
 
 def _shapes(module, prefix):
@@ -336,7 +320,7 @@ def test_head_state_dict_matches_spec(spec_cfg, fcb):
     cfg = spec_cfg.clone()
     cfg.MODEL.STMASK.FCB = fcb
     head = STMaskHead(cfg)
-    assert _shapes(head, "prediction_layers.0.") == _spec_head_keys(fcb)
+    assert _shapes(head, "prediction_layers.0.") == _spec_keys("prediction_layers.0.", fcb)
     assert head.t2s_level == 1 and head.fcb == fcb
     small = STMaskHead(cfg, [ShapeSpec(channels=8, stride=s) for s in (8, 16, 32, 64, 128)])
     assert small.upfeature[0].weight.shape == (8, 8, 3, 3)
@@ -347,26 +331,10 @@ def test_head_state_dict_matches_spec(spec_cfg, fcb):
 
 
 def test_protonet_and_temporal_net_state_dicts_match_spec(spec_cfg):
-    proto = {}
-    for i in (0, 2, 4, 8):
-        proto[f"proto_net.{i}.weight"] = (256, 256, 3, 3)
-        proto[f"proto_net.{i}.bias"] = (256,)
-    proto["proto_net.10.weight"] = (32, 256, 1, 1)
-    proto["proto_net.10.bias"] = (32,)
+    proto = _spec_keys("proto_net.")
     assert _shapes(ProtoNet(spec_cfg), "proto_net.") == proto
     assert ProtoNet(spec_cfg, 8)[0].weight.shape == (256, 8, 3, 3)
-    temporal = {
-        "TemporalNet.conv1.weight": (512, 633, 3, 3),
-        "TemporalNet.conv1.bias": (512,),
-        "TemporalNet.conv2.weight": (512, 512, 3, 3),
-        "TemporalNet.conv2.bias": (512,),
-        "TemporalNet.conv3.weight": (1024, 512, 3, 3),
-        "TemporalNet.conv3.bias": (1024,),
-        "TemporalNet.fc.weight": (4, 1024),
-        "TemporalNet.fc.bias": (4,),
-        "TemporalNet.fc_coeff.weight": (32, 1024),
-        "TemporalNet.fc_coeff.bias": (32,),
-    }
+    temporal = _spec_keys("TemporalNet.")
     assert _shapes(TemporalNet(spec_cfg), "TemporalNet.") == temporal
 
 

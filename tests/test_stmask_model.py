@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
+from video_inputs import frame_instances
 
 from onestage.config import load_config
 from stmask.modeling import STMask
@@ -29,16 +30,7 @@ LOSSES = {
 
 
 def frame_gt(boxes, ids, classes=None, size=SIZE) -> Instances:
-    inst = Instances(size)
-    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    inst.gt_boxes = Boxes(boxes)
-    inst.gt_classes = torch.tensor(classes if classes is not None else [0] * len(boxes), dtype=torch.int64)
-    inst.gt_ids = torch.tensor(ids, dtype=torch.int64)
-    masks = torch.zeros((len(boxes), *size), dtype=torch.bool)
-    for m, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
-        m[y1:y2, x1:x2] = True
-    inst.gt_masks = BitMasks(masks)
-    return inst
+    return frame_instances(boxes, ids, classes, size)
 
 
 def clip(first: Instances, second: Instances, video_id: int = 1) -> dict:

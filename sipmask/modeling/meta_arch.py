@@ -23,7 +23,7 @@ from onestage.fcos import (
     per_location_stride_and_range,
     select_fcos_detections,
 )
-from onestage.inputs import check_finite_images
+from onestage.inputs import normalize_images
 from onestage.layers import distance_to_boxes, fast_nms, multiclass_nms, plus_one_boxes, reduce_mean
 
 from .crop_split import crop_split
@@ -213,19 +213,10 @@ class SipMask(DenseDetector):
         """Normalise, optionally resize to the fixed (H, W) input ignoring the aspect ratio
         (bilinear), pad to a multiple of 32 and batch."""
         fixed = self.fixed_size_train if self.training else self.fixed_size_test
-        images = []
-        for x in batched_inputs:
-            img = self._move_to_current_device(x["image"]).float()
-            if img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
-                raise ValueError(
-                    f"expected a (C, H, W) image with {self.pixel_mean.shape[0]} channels, got {tuple(img.shape)}"
-                )
-            if fixed is not None and tuple(img.shape[-2:]) != fixed:
-                img = F.interpolate(img[None], size=fixed, mode="bilinear", align_corners=False)[0]
-            images.append((img - self.pixel_mean) / self.pixel_std)
-        batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
-        check_finite_images(batch.tensor, "SipMask")
-        return batch
+        images = [x["image"] for x in batched_inputs]
+        return normalize_images(
+            images, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility, fixed, "SipMask"
+        )
 
     def forward(self, batched_inputs: list[dict[str, Tensor]]):
         images = self.preprocess_image(batched_inputs)

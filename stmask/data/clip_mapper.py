@@ -41,7 +41,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode, Instances
 
-from vis_eval.data.video_mapper import VideoClipMapper
+from vis_eval.data.video_mapper import VideoClipMapper, usable_frames
 
 __all__ = [
     "REFERENCE_OFFSETS",
@@ -122,7 +122,7 @@ def valid_object(obj: dict) -> bool:
 
 def stmask_usable_frames(video: dict) -> list[int]:
     """Indices of the frames of a video dict with at least one :func:`valid_object`."""
-    return [t for t, objs in enumerate(video.get("annotations") or []) if any(map(valid_object, objs))]
+    return usable_frames(video, valid_object)
 
 
 def sample_stmask_clip(rng: Any, usable: list[int]) -> list[int] | None:
@@ -195,22 +195,18 @@ class STMaskClipMapper(VideoClipMapper):
             self._warned.add((vid, kind))
             logger.warning(f"video {vid}: {message}")
 
-    def _select_frames(self, video: dict) -> list[int]:
-        if not self.is_train:
-            return [0, min(1, len(video["file_names"]) - 1)]
-        usable = stmask_usable_frames(video)
-        frames = sample_stmask_clip(np.random, usable)  # Detectron2 seeds np.random per worker
-        if frames is None:  # __call__ returns None before getting here
-            raise ValueError(f"video {video.get('video_id')} has no frame with an object")
-        if len(usable) == 1:
-            self._warn_once(video, "single", "a single frame with objects: its clips repeat that frame twice")
-        return frames
-
-    def __call__(self, video: dict) -> dict | None:
-        if self.is_train and not stmask_usable_frames(video):
-            self._warn_once(video, "empty", "no frame with a (non-crowd, >= 1 x 1 px) object: skipped")
-            return None
-        return super().__call__(video)
+    def __call__(self, video: dict, frames: list[int] | None = None) -> dict | None:
+        if self.is_train and frames is None:
+            usable = stmask_usable_frames(video)
+            frames = sample_stmask_clip(np.random, usable)  # Detectron2 seeds np.random per worker
+            if frames is None:
+                self._warn_once(video, "empty", "no frame with a (non-crowd, >= 1 x 1 px) object: skipped")
+                return None
+            if len(usable) == 1:
+                self._warn_once(
+                    video, "single", "a single frame with objects: its clips repeat that frame twice"
+                )
+        return super().__call__(video, frames)
 
     def _frame_instances(
         self, objects: list[dict], transforms: T.TransformList, image_shape: tuple

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
 
 from onestage.layers import boxes_as_distances, iou_loss
@@ -85,13 +86,8 @@ def decode(loc: Tensor, priors: Tensor, variances: Sequence[float] = VARIANCES) 
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """(A, 4) x (B, 4) ``(x1, y1, x2, y2)`` -> (A, B) IoU (continuous, no "+1")."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=-1)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    """(A, 4) x (B, 4) ``(x1, y1, x2, y2)`` -> (A, B) IoU (Detectron2's ``pairwise_iou``)."""
+    return pairwise_iou(Boxes(a), Boxes(b))
 
 
 def diou(pred: Tensor, target: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from detectron2.structures import BitMasks, ImageList, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from onestage.inputs import check_finite_images
+from onestage.inputs import normalize_images
 
 from .box_ops import make_priors
 from .head import ProtoNet, STMaskHead
@@ -146,19 +146,9 @@ class STMask(nn.Module):
     def preprocess_image(self, images: list[Tensor], fixed_size: tuple[int, int] | None) -> ImageList:
         """(C, H, W) frames -> normalised, optionally resized to ``fixed_size`` (bilinear), padded
         with zeros (after normalisation) to a multiple of 32."""
-        out = []
-        for img in images:
-            img = img.to(self.device).float()
-            if img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
-                raise ValueError(
-                    f"expected a (C, H, W) image with {self.pixel_mean.shape[0]} channels, got {tuple(img.shape)}"
-                )
-            if fixed_size is not None and tuple(img.shape[-2:]) != fixed_size:
-                img = F.interpolate(img[None], size=fixed_size, mode="bilinear", align_corners=False)[0]
-            out.append((img - self.pixel_mean) / self.pixel_std)
-        batch = ImageList.from_tensors(out, self.backbone.size_divisibility)
-        check_finite_images(batch.tensor, "STMask")
-        return batch
+        return normalize_images(
+            images, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility, fixed_size, "STMask"
+        )
 
     def priors(self, features: list[Tensor]) -> Tensor:
         """(N, 4) anchors for the levels' feature sizes (cached per size and device)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,13 +66,16 @@ def sample_clip_frames(
     return frames
 
 
-def usable_frames(video: dict) -> list[int]:
-    """Indices of the frames of a video dict with at least one non-crowd object."""
-    return [
-        t
-        for t, objs in enumerate(video.get("annotations") or [])
-        if any(not o.get("iscrowd", 0) for o in objs)
-    ]
+def usable_frames(video: dict, is_usable: Callable[[dict], bool] | None = None) -> list[int]:
+    """Indices of the frames of a video dict with at least one usable object: non-crowd, or
+    ``is_usable(object)`` when given."""
+    if is_usable is None:
+        is_usable = _not_crowd
+    return [t for t, objs in enumerate(video.get("annotations") or []) if any(map(is_usable, objs))]
+
+
+def _not_crowd(obj: dict) -> bool:
+    return not obj.get("iscrowd", 0)
 
 
 def reference_positions(query_ids: torch.Tensor, reference_ids: torch.Tensor) -> torch.Tensor:
@@ -148,7 +152,9 @@ class VideoClipMapper:
             self.sampling_frame_shuffle,
         )
 
-    def __call__(self, video: dict) -> dict:
+    def __call__(self, video: dict, frames: list[int] | None = None) -> dict:
+        """The clip of ``video`` at ``frames`` (indices into its frame list), or at the frames
+        :meth:`_select_frames` draws when None."""
         for key in ("file_names", "height", "width"):
             if key not in video:
                 raise KeyError(f"video dict lacks {key!r} (keys: {sorted(video)})")
@@ -160,7 +166,8 @@ class VideoClipMapper:
             raise ValueError(
                 f"video {video.get('video_id')}: {len(annotations)} annotation lists for {len(file_names)} frames"
             )
-        frames = self._select_frames(video)
+        if frames is None:
+            frames = self._select_frames(video)
 
         images, instances, transforms = [], [], None
         for t in frames:
