@@ -46,6 +46,7 @@ def add_onestage_config(cfg: CN) -> None:
     * ``INPUT.DATASET_MAPPER_NAME``: the training mapper, by its name in
       :data:`onestage.data.DATASET_MAPPER_REGISTRY`;
     * ``MODEL.WEIGHTS_PARTIAL``: let inference load a checkpoint that does not fit the model exactly;
+    * ``MODEL.INFERENCE.AMP``: mixed precision at inference (:mod:`onestage.inference`);
     * ``SOLVER.REFERENCE_IMS_PER_BATCH``: the batch size of ``BASE_LR``, for the linear LR rule.
     """
     cfg.MODEL.VOVNET = CN()
@@ -98,6 +99,10 @@ def add_onestage_config(cfg: CN) -> None:
     # Inference (demo, train_net --eval-only, tools/benchmark, onestage.predictor.Predictor) refuses a
     # checkpoint with missing, unexpected or mis-shaped keys unless this is True (then they are logged).
     cfg.MODEL.WEIGHTS_PARTIAL = False
+    # Inference of the CenterMask, SipMask (and SipMask-VIS) meta-architectures: the network under
+    # torch.autocast, "" (float32), "fp16" (CUDA only) or "bf16"; post-processing stays float32.
+    cfg.MODEL.INFERENCE = CN()
+    cfg.MODEL.INFERENCE.AMP = ""
     # The batch size SOLVER.BASE_LR was tuned for; when > 0, load_config() applies the linear rule
     # BASE_LR *= IMS_PER_BATCH / REFERENCE_IMS_PER_BATCH to smaller batches (apply_linear_lr_rule). 0: off.
     cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 0

@@ -41,7 +41,7 @@ def test_config_values_follow_spec(name):
     cfg = load(name)
     lite = "_lite_" in name
     m = cfg.MODEL
-    assert m.META_ARCHITECTURE == "GeneralizedRCNN"
+    assert m.META_ARCHITECTURE == "CenterMask"  # a GeneralizedRCNN (tests/test_fast_inference.py)
     assert m.PROPOSAL_GENERATOR.NAME == "FCOS" and m.ROI_HEADS.NAME == "CenterROIHeads"
     assert m.ROI_MASK_HEAD.NAME == "SpatialAttentionMaskHead" and m.ROI_MASK_HEAD.ASSIGN_CRITERION == "ratio"
     assert m.MASK_ON and m.MASKIOU_ON

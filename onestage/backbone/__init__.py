@@ -2,6 +2,7 @@
 MobileNetV2, their FCOS FPN builders, and the ResNet with per-block deformable convs."""
 
 from .fpn import (
+    InferenceCopyFPN,
     LastLevelP6,
     build_fcos_mobilenetv2_fpn_backbone,
     build_fcos_resnet_fpn_backbone,
@@ -14,6 +15,7 @@ from .vovnet import VOVNET_SPECS, VoVNet, build_vovnet_backbone
 
 __all__ = [
     "DeformBottleneckBlock",
+    "InferenceCopyFPN",
     "LastLevelP6",
     "MobileNetV2",
     "VOVNET_SPECS",

@@ -11,16 +11,39 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone, build
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from torch import nn
 
+from onestage.inference import InferenceCopy, runs_inference_copy
+
 from .mobilenet import build_mnv2_backbone
 from .vovnet import build_vovnet_backbone
 
 __all__ = [
+    "InferenceCopyFPN",
     "LastLevelP6",
     "build_fcos_top_block",
     "build_fcos_vovnet_fpn_backbone",
     "build_fcos_mobilenetv2_fpn_backbone",
     "build_fcos_resnet_fpn_backbone",
 ]
+
+
+def _is_output_conv(name: str) -> bool:
+    return name.startswith("fpn_output")
+
+
+class InferenceCopyFPN(FPN):
+    """Detectron2's ``FPN`` (same modules, keys and training) that runs inference on its prepared copy
+    (:class:`onestage.inference.InferenceCopy`: frozen norms folded into the convs, channels-last
+    bottom-up, Winograd 3x3 output convs)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the bottom-up network stays NHWC; the 3x3 output convs (P3 at 256 channels: the largest) take
+        # Winograd and hand the heads NCHW features
+        self.inference_copy: InferenceCopy | None = InferenceCopy(winograd=_is_output_conv)
+
+    @runs_inference_copy
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return super().forward(x)
 
 
 class LastLevelP6(nn.Module):
@@ -52,7 +75,7 @@ def build_fcos_top_block(cfg: CfgNode) -> nn.Module | None:
 
 
 def _fpn(cfg: CfgNode, bottom_up: Backbone, top_block: nn.Module | None) -> FPN:
-    return FPN(
+    return InferenceCopyFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,

@@ -168,6 +168,8 @@ class FCOS(nn.Module):
             if self.yield_proposals:
                 proposals = self.predict(locations, logits, regs, ctrs, images.image_sizes, train=True)
             return proposals, losses
+        # post-processing in float32 whatever the precision the head ran in (MODEL.INFERENCE.AMP)
+        logits, regs, ctrs = ([x.float() for x in t] for t in (logits, regs, ctrs))
         return self.predict(locations, logits, regs, ctrs, images.image_sizes, train=False), {}
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
+from onestage.inference import InferenceCopy, runs_inference_copy
 from onestage.layers import Scale
 
 __all__ = ["FCOSHead"]
@@ -29,7 +30,8 @@ class FCOSHead(nn.Module):
     """Towers + predictors of FCOS (centerness on the regression branch, ReLU'd distances).
 
     Module names follow centermask2's checkpoints: ``cls_tower``, ``bbox_tower``, ``share_tower``,
-    ``cls_logits``, ``bbox_pred``, ``ctrness``, ``scales.{l}.scale``.
+    ``cls_logits``, ``bbox_pred``, ``ctrness``, ``scales.{l}.scale``. Inference runs its prepared
+    copy (channels-last weights, :mod:`onestage.inference`).
     """
 
     @configurable
@@ -63,6 +65,7 @@ class FCOSHead(nn.Module):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.constant_(module.bias, 0.0)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.inference_copy: InferenceCopy | None = InferenceCopy(channels_last=False, winograd=True)
 
     @classmethod
     def from_config(cls, cfg, input_shape: list[ShapeSpec]):
@@ -83,6 +86,7 @@ class FCOSHead(nn.Module):
             "use_scale": cfg.MODEL.FCOS.USE_SCALE,
         }
 
+    @runs_inference_copy
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """
         Args:

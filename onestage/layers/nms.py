@@ -9,7 +9,38 @@ from torch import Tensor
 
 from .boxes import plus_one_boxes
 
-__all__ = ["fast_nms", "multiclass_nms", "pairwise_iou_batched"]
+__all__ = ["fast_nms", "multiclass_nms", "pairwise_iou_batched", "top_batched_nms"]
+
+# Candidates a CPU top_batched_nms starts from: more than 1000, so that torchvision's batched_nms runs
+# its per-class NMS on them, as it does on any larger set (on fewer it offsets boxes by class, which
+# rounds their IoUs differently).
+_TOP_CANDIDATES = 1024
+
+
+def top_batched_nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, nms_thresh: float, max_dets: int
+) -> Tensor:
+    """``batched_nms(boxes, scores, classes, nms_thresh)[:max_dets]`` (``max_dets <= 0``: all), found on
+    the best-scored candidates first.
+
+    Greedy NMS keeps or drops a box by the boxes scored above it, so NMS on every candidate scoring at
+    least some ``t`` keeps exactly the boxes of the full NMS that score at least ``t``; once that gives
+    ``max_dets`` boxes, no lower-scored candidate can enter the result. On CPU the candidates above the
+    1024-th best score are tried first, then 4 times as many, ... (the same boxes, in the same order,
+    for as much as ties allow); other devices run the full NMS.
+    """
+    num = scores.numel()
+    if max_dets > 0 and boxes.device.type == "cpu":
+        k = _TOP_CANDIDATES
+        while k < num:
+            kth = scores.topk(k, sorted=False).values.min()
+            top = torch.nonzero(scores >= kth).squeeze(1)  # ties of the k-th included, in input order
+            keep = batched_nms(boxes[top], scores[top], classes[top], nms_thresh)
+            if keep.numel() >= max_dets:
+                return top[keep[:max_dets]]
+            k *= 4
+    keep = batched_nms(boxes, scores, classes, nms_thresh)
+    return keep[:max_dets] if max_dets > 0 else keep
 
 
 def multiclass_nms(
@@ -31,7 +62,7 @@ def multiclass_nms(
     """
     rows, classes = torch.nonzero(cls_probs > score_thresh, as_tuple=True)
     scores = cls_probs[rows, classes] * ctr_probs[rows]
-    keep = batched_nms(plus_one_boxes(boxes[rows], plus_one), scores, classes, nms_thresh)[:max_dets]
+    keep = top_batched_nms(plus_one_boxes(boxes[rows], plus_one), scores, classes, nms_thresh, max_dets)
     return rows[keep], classes[keep], scores[keep]
 
 

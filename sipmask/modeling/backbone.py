@@ -8,13 +8,14 @@ from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from torch import nn
 
-from onestage.backbone import build_resnet_deform_backbone
+from onestage.backbone import InferenceCopyFPN, build_resnet_deform_backbone
 
 __all__ = ["SipMaskFPN", "build_sipmask_resnet_fpn_backbone"]
 
 
-class SipMaskFPN(FPN):
-    """Detectron2 FPN whose images only need padding to a multiple of 32 (not to P7's stride)."""
+class SipMaskFPN(InferenceCopyFPN):
+    """Detectron2 FPN whose images only need padding to a multiple of 32 (not to P7's stride); inference
+    runs its prepared copy (:class:`onestage.backbone.InferenceCopyFPN`)."""
 
     @property
     def size_divisibility(self) -> int:

@@ -15,6 +15,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
+from onestage.inference import InferenceCopy, runs_inference_copy
 from onestage.layers import DeformConv, Scale
 
 __all__ = ["ConvModule", "FeatureAlign", "SipMaskHead"]
@@ -90,6 +91,8 @@ class SipMaskHead(nn.Module):
     * ``centerness``: list of (N, 1, H_l, W_l) logits;
     * ``coeffs``: list of (N, 4 * K, H_l, W_l) spatial coefficients;
     * ``basis``: (N, K, 4 * H_3, 4 * W_3) non-negative basis masks (mask grid, stride 2).
+
+    Inference runs its prepared copy (channels-last weights, :mod:`onestage.inference`).
     """
 
     @configurable
@@ -150,6 +153,7 @@ class SipMaskHead(nn.Module):
             )
             self.mask_scoring = nn.Conv2d(128, num_classes, 1)
         self._init_weights(init, prior_prob, coef_init_std)
+        self.inference_copy: InferenceCopy | None = InferenceCopy(channels_last=False, winograd=True)
 
     def _init_weights(self, init: str, prior_prob: float, coef_init_std: float = 0.001) -> None:
         if init not in ("mmdet", "benchmark"):
@@ -196,6 +200,7 @@ class SipMaskHead(nn.Module):
             "coef_init_std": c.COEF_INIT_STD,
         }
 
+    @runs_inference_copy
     def forward(self, features: list[Tensor]) -> dict[str, list[Tensor] | Tensor]:
         cls_logits, bbox_reg, centerness, coeffs, reg_feats = [], [], [], [], []
         for level, x in enumerate(features):

@@ -23,10 +23,19 @@ from onestage.fcos import (
     per_location_stride_and_range,
     select_fcos_detections,
 )
+from onestage.inference import check_amp, inference_autocast
 from onestage.inputs import normalize_images
-from onestage.layers import distance_to_boxes, fast_nms, multiclass_nms, plus_one_boxes, reduce_mean
+from onestage.layers import (
+    distance_to_boxes,
+    fast_nms,
+    multiclass_nms,
+    plus_one_boxes,
+    reduce_mean,
+    upsample_windows_into,
+    window_chunks,
+)
 
-from .crop_split import crop_split
+from .crop_split import box_pixel_windows, crop_split, crop_split_windows
 from .head import SipMaskHead
 from .losses import (
     giou_loss_benchmark,
@@ -38,7 +47,7 @@ from .losses import (
 
 __all__ = ["SipMask", "gt_masks_on_grid", "pre_nms_topk_locations"]
 
-_MASK_CHUNK = 16  # masks upsampled to the output size at a time (bounds memory at 800x1333)
+_MASK_CHUNK = 16  # reference path: masks upsampled to the output size at a time (bounds memory)
 
 
 def gt_masks_on_grid(instances: Instances, canvas_hw: tuple[int, int]) -> Tensor:
@@ -98,7 +107,8 @@ def _resize_instances(inst: Instances, new_hw: tuple[int, int]) -> Instances:
 class SipMask(DenseDetector):
     """SipMask / SipMask++ (image). Training returns ``loss_cls, loss_bbox, loss_centerness,
     loss_mask`` (+ ``loss_iou`` with re-scoring); inference returns ``Instances`` at the requested
-    output size with ``pred_boxes, scores, pred_classes, pred_masks`` (+ ``mask_scores``)."""
+    output size with ``pred_boxes, scores, pred_classes, pred_masks`` (+ ``mask_scores``). Inference
+    runs the network under ``MODEL.INFERENCE.AMP`` and post-processes in float32."""
 
     @configurable
     def __init__(
@@ -129,8 +139,10 @@ class SipMask(DenseDetector):
         mask_thresh: float = 0.4,
         fixed_size_train: tuple[int, int] | None = None,
         fixed_size_test: tuple[int, int] | None = None,
+        inference_amp: str = "",
     ):
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        self.inference_amp = check_amp(inference_amp, self.device)
         checks = {
             "BOX_LOSS": (box_loss, ("iou_plus1_stride_units", "iou_plus1_pixels", "giou_benchmark")),
             "CLS_NORM": (cls_norm, ("pos_plus_imgs", "pos_allreduce")),
@@ -202,6 +214,7 @@ class SipMask(DenseDetector):
             "mask_thresh": c.MASK_THRESH,
             "fixed_size_train": c.FIXED_INPUT_SIZE_TRAIN or None,
             "fixed_size_test": c.FIXED_INPUT_SIZE_TEST or None,
+            "inference_amp": cfg.MODEL.INFERENCE.AMP,
         }
 
     @classmethod
@@ -220,14 +233,17 @@ class SipMask(DenseDetector):
 
     def forward(self, batched_inputs: list[dict[str, Tensor]]):
         images = self.preprocess_image(batched_inputs)
+        if not self.training:
+            with inference_autocast(self.inference_amp, self.device):
+                features = self.backbone(images.tensor)
+                preds = self.head([features[f] for f in self.head_in_features])
+            return self.inference(images, preds, batched_inputs)
         features = self.backbone(images.tensor)
         preds = self.head([features[f] for f in self.head_in_features])
-        if self.training:
-            if "instances" not in batched_inputs[0]:
-                raise ValueError("SipMask training needs 'instances' in every input")
-            gt_instances = self.prepare_gt_instances([x["instances"] for x in batched_inputs], images)
-            return self.losses(images, preds, gt_instances)
-        return self.inference(images, preds, batched_inputs)
+        if "instances" not in batched_inputs[0]:
+            raise ValueError("SipMask training needs 'instances' in every input")
+        gt_instances = self.prepare_gt_instances([x["instances"] for x in batched_inputs], images)
+        return self.losses(images, preds, gt_instances)
 
     def prepare_gt_instances(self, instances: list[Instances], images: ImageList) -> list[Instances]:
         """Ground truth on this device, rescaled to the network input where the model resized it."""
@@ -401,7 +417,8 @@ class SipMask(DenseDetector):
     def inference(self, images: ImageList, preds: dict, batched_inputs: list[dict]) -> list[dict]:
         results = []
         locations, strides, _, counts = self._locations(preds)
-        cls, reg, ctr, coef = self._flatten(preds)
+        # float32 whatever the precision the network ran in (MODEL.INFERENCE.AMP)
+        cls, reg, ctr, coef = (x.float() for x in self._flatten(preds))
         for i, (h, w) in enumerate(images.image_sizes):
             out_h = batched_inputs[i].get("height", h)
             out_w = batched_inputs[i].get("width", w)
@@ -483,14 +500,15 @@ class SipMask(DenseDetector):
             rows, boxes = cand[r], boxes[r]
 
         # masks (§3.3): crop-split on the mask grid, [re-score], upsample, threshold, paste
-        soft = crop_split(basis.float(), coeffs[rows].float(), boxes / 2)
         out_h, out_w = output_hw
         sy, sx = h / out_h, w / out_w
         result = Instances(output_hw)
+        result.pred_masks, soft = self._masks(
+            basis.float(), coeffs[rows].float(), boxes / 2, (sy, sx), output_hw
+        )
         if self.head.rescoring:
-            ious = self.head.rescore(soft)
+            ious = self.head.rescore(soft).float()
             result.mask_scores = ious[torch.arange(rows.numel(), device=ious.device), classes] * scores
-        result.pred_masks = self._paste_masks(soft, (sy, sx), output_hw)
         # inclusive x2 -> Detectron2's continuous x2 (COCO w = x2 - x1 + 1)
         out_boxes = plus_one_boxes(boxes / boxes.new_tensor([sx, sy, sx, sy]), self.box_plus_one)
         result.pred_boxes = Boxes(out_boxes)
@@ -505,18 +523,49 @@ class SipMask(DenseDetector):
         max_xy = torch.tensor([w - e, h - e, w - e, h - e], device=locations.device)
         return distance_to_boxes(locations, distances).clamp(min=0).minimum(max_xy)
 
-    def _paste_masks(self, soft: Tensor, scale: tuple[float, float], output_hw: tuple[int, int]) -> Tensor:
-        """Upsample cropped soft masks by ``2 / scale`` (explicit floor size, bilinear), threshold and
-        paste top-left into an ``output_hw`` canvas. Returns (N, H, W) bool."""
-        n, hm, wm = soft.shape
-        out_h, out_w = output_hw
+    def _masks(
+        self,
+        basis: Tensor,
+        coeffs: Tensor,
+        grid_boxes: Tensor,
+        scale: tuple[float, float],
+        output_hw: tuple[int, int],
+    ) -> tuple[Tensor, Tensor | None]:
+        """Crop-split soft masks on the (K, H_m, W_m) mask grid, upsampled by ``2 / scale`` (explicit
+        floor size, bilinear), thresholded and pasted top-left into an ``output_hw`` canvas.
+
+        Without autograd (inference) only each box's pixels are computed (:func:`crop_split_windows`,
+        :func:`upsample_windows_into`), in chunks of similar box sizes; with autograd on, the whole grid
+        and canvas, as the authors do (the same values up to float rounding). Returns the (N, H, W) bool
+        masks and, for re-scoring, the (N, H_m, W_m) soft masks (None without re-scoring).
+        """
+        k, hm, wm = basis.shape
+        n = coeffs.shape[0]
         up_h = max(int(math.floor(hm * 2 / scale[0])), 1)
         up_w = max(int(math.floor(wm * 2 / scale[1])), 1)
-        out = torch.zeros((n, out_h, out_w), dtype=torch.bool, device=soft.device)
-        ch, cw = min(up_h, out_h), min(up_w, out_w)
-        for start in range(0, n, _MASK_CHUNK):
+        if torch.is_grad_enabled():
+            soft = crop_split(basis, coeffs, grid_boxes)
+            return self._paste_full_canvas(soft, (up_h, up_w), output_hw), soft
+        masks = torch.zeros((n, *output_hw), dtype=torch.bool, device=basis.device)
+        soft = basis.new_zeros((n, hm, wm)) if self.head.rescoring else None
+        windows = box_pixel_windows(grid_boxes, hm, wm)
+        areas = (windows[:, 2] - windows[:, 0]).clamp(min=0) * (windows[:, 3] - windows[:, 1]).clamp(min=0)
+        for idx in window_chunks(areas * k):
+            crops = crop_split_windows(basis, coeffs[idx], grid_boxes[idx], windows[idx])
+            if soft is not None:
+                for crop, i, (x0, y0, x1, y1) in zip(crops, idx.tolist(), windows[idx].tolist()):
+                    soft[i, y0:y1, x0:x1] = crop[: y1 - y0, : x1 - x0]
+            upsample_windows_into(masks, idx, crops, windows[idx], (hm, wm), (up_h, up_w), self.mask_thresh)
+        return masks, soft
+
+    def _paste_full_canvas(self, soft: Tensor, size: tuple[int, int], output_hw: tuple[int, int]) -> Tensor:
+        """Upsample the whole (N, H_m, W_m) soft masks to ``size`` (bilinear), threshold and paste
+        top-left into an ``output_hw`` canvas. Returns (N, H, W) bool."""
+        out = torch.zeros((soft.shape[0], *output_hw), dtype=torch.bool, device=soft.device)
+        ch, cw = min(size[0], output_hw[0]), min(size[1], output_hw[1])
+        for start in range(0, soft.shape[0], _MASK_CHUNK):
             chunk = soft[start : start + _MASK_CHUNK, None]
-            up = F.interpolate(chunk, size=(up_h, up_w), mode="bilinear", align_corners=False)[:, 0]
+            up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[:, 0]
             out[start : start + _MASK_CHUNK, :ch, :cw] = up[:, :ch, :cw] > self.mask_thresh
         return out
 

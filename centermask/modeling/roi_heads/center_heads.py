@@ -152,7 +152,8 @@ class CenterROIHeads(ROIHeads):
         if not self.mask_on:
             return instances
         pooled = self._pool(features, [inst.pred_boxes for inst in instances], instances)
-        masks = mask_inference(self.mask_head(pooled), instances)
+        # float32 outputs whatever the precision the heads ran in (MODEL.INFERENCE.AMP)
+        masks = mask_inference(self.mask_head(pooled).float(), instances)
         if self.maskiou_on:
-            maskiou_inference(self.maskiou_head(pooled, masks), instances)
+            maskiou_inference(self.maskiou_head(pooled, masks).float(), instances)
         return instances

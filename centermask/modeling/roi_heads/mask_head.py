@@ -12,6 +12,8 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
+from onestage.inference import InferenceCopy, runs_inference_copy
+
 __all__ = ["SpatialAttention", "SpatialAttentionMaskHead", "mask_inference", "mask_loss"]
 
 
@@ -36,7 +38,8 @@ class SpatialAttentionMaskHead(nn.Module):
     """``mask_fcn1..N`` -> ``spatialAtt`` -> ``deconv`` (x2) -> ``predictor``: (M, K, 2R, 2R) logits.
 
     Unlike Detectron2's mask heads this module only predicts; :class:`CenterROIHeads` computes
-    the loss because the MaskIoU head needs the logits and the mask targets too.
+    the loss because the MaskIoU head needs the logits and the mask targets too. Inference runs its
+    prepared copy (channels-last weights, :mod:`onestage.inference`).
     """
 
     @configurable
@@ -80,6 +83,7 @@ class SpatialAttentionMaskHead(nn.Module):
             weight_init.c2_msra_fill(layer)
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.constant_(self.predictor.bias, 0.0)
+        self.inference_copy: InferenceCopy | None = InferenceCopy(channels_last=False, winograd=True)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -91,6 +95,7 @@ class SpatialAttentionMaskHead(nn.Module):
             "conv_norm": c.NORM,
         }
 
+    @runs_inference_copy
     def forward(self, x: Tensor) -> Tensor:
         """(M, C, R, R) pooled features -> (M, K, 2R, 2R) mask logits."""
         for layer in self.conv_norm_relus:

@@ -12,6 +12,8 @@ from detectron2.structures import BitMasks, Instances
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
+from onestage.inference import InferenceCopy, runs_inference_copy
+
 __all__ = [
     "ROI_MASKIOU_HEAD_REGISTRY",
     "MaskIoUHead",
@@ -32,7 +34,8 @@ ShapeSpec of the pooled RoI features (channels, pooler resolution).
 @ROI_MASKIOU_HEAD_REGISTRY.register()
 class MaskIoUHead(nn.Module):
     """``pooling`` (max 2x2 of the mask) ++ RoI features -> ``maskiou_fcn1..N`` (last stride 2)
-    -> ``maskiou_fc1`` -> ``maskiou_fc2`` -> ``maskiou``: (M, K) raw IoU predictions."""
+    -> ``maskiou_fc1`` -> ``maskiou_fc2`` -> ``maskiou``: (M, K) raw IoU predictions. Inference runs
+    its prepared copy (channels-last weights, :mod:`onestage.inference`)."""
 
     @configurable
     def __init__(
@@ -71,6 +74,7 @@ class MaskIoUHead(nn.Module):
             nn.init.constant_(layer.bias, 0.0)
         nn.init.normal_(self.maskiou.weight, mean=0.0, std=0.01)
         nn.init.constant_(self.maskiou.bias, 0.0)
+        self.inference_copy: InferenceCopy | None = InferenceCopy(channels_last=False, winograd=True)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -83,6 +87,7 @@ class MaskIoUHead(nn.Module):
             "conv_dims": [c.CONV_DIM] * c.NUM_CONV,
         }
 
+    @runs_inference_copy
     def forward(self, features: Tensor, masks: Tensor) -> Tensor:
         """
         Args:
