@@ -12,8 +12,8 @@ from sipmask.data import SipMaskVISPairMapper
 from vis_eval.evaluation.video_inference import evaluate_video_dataset
 
 DATASET = "sipmask_vis_learning"  # the first 2 videos of synthetic_vis_tiny
-ITERATIONS = 400
-LR = 2e-3
+ITERATIONS = 900
+LR = 3e-3
 
 
 def test_sipmask_vis_memorises_tiny_synthetic_videos(tmp_path):
@@ -26,8 +26,9 @@ def test_sipmask_vis_memorises_tiny_synthetic_videos(tmp_path):
     )
     model = build_model(cfg)
     mapper = SipMaskVISPairMapper(cfg, is_train=True)
-    # every iteration: 2 random query / reference pairs of every video
-    train_seconds = train_one_cycle(model, lambda: [mapper(v) for v in videos * 2], ITERATIONS, LR)
+    # every iteration: a random query / reference pair of every video (more, smaller steps memorise
+    # faster than 2 pairs per video in the same time: 85.6 AP after 900 steps vs 75.1 after 400)
+    train_seconds = train_one_cycle(model, lambda: [mapper(v) for v in videos], ITERATIONS, LR)
     model.eval()
     results = evaluate_video_dataset(cfg, model, DATASET, str(tmp_path))
     segm = results["segm"]
@@ -36,4 +37,4 @@ def test_sipmask_vis_memorises_tiny_synthetic_videos(tmp_path):
         f"AP50 {segm['AP50']:.1f}, AP75 {segm['AP75']:.1f}"
     )
     assert segm["AP50"] >= 95.0  # every track found and followed
-    assert segm["AP"] >= 70.0  # measured 75.1 (the target of 80 is not reached in this budget)
+    assert segm["AP"] >= 80.0  # measured 85.6 (127 s of training on 2 idle cores)
