@@ -478,3 +478,24 @@ def test_random_window_chunks_cover_every_index_once():
     assert sorted(torch.cat(chunks).tolist()) == list(range(50))
     for idx in chunks:
         assert len(idx) == 1 or int(areas[idx].max().clamp(min=1)) * len(idx) <= 20000
+
+
+def test_sipmask_vis_tracking_branch_runs_on_the_prepared_copy():
+    cfg = load_config(
+        str(REPO_ROOT / "configs/SipMaskVIS/SipMaskVIS-synthetic.yaml"), ["MODEL.DEVICE", "cpu"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    _random_norms(model)
+    calls = []
+    model.head.track_convs[0].register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        features = model.backbone(torch.randn(1, 3, 128, 160))
+        features = [features[f] for f in model.head_in_features]
+        plain = type(model.head).forward.__wrapped__(model.head, features)
+        assert len(calls) == 3  # the plain path: the module itself, on P3-P5
+        fast = model.head(features)
+    assert len(calls) == 3  # the prepared copy ran the tracking branch, not the module
+    assert set(fast) == set(plain) and "track" in fast
+    torch.testing.assert_close(fast["track"], plain["track"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast["basis"], plain["basis"], rtol=1e-4, atol=1e-5)

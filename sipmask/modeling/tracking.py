@@ -13,6 +13,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from torch import Tensor, nn
 
+from onestage.inference import runs_inference_copy
+
 from .head import ConvModule, SipMaskHead
 
 __all__ = [
@@ -28,7 +30,8 @@ class SipMaskTrackHead(SipMaskHead):
     """:class:`SipMaskHead` plus the tracking map (§3.1): ``track_convs`` (shared over P3-P5, on the
     raw FPN features) -> upsampled to P3 -> concatenated -> ``sipmask_track`` (1x1, no activation).
 
-    ``forward`` adds ``"track"``: (N, D, H_3, W_3) to the image head's outputs.
+    ``forward`` adds ``"track"``: (N, D, H_3, W_3) to the image head's outputs. Inference runs the
+    head's prepared copy (:mod:`onestage.inference`), tracking branch included.
     """
 
     @configurable
@@ -57,6 +60,7 @@ class SipMaskTrackHead(SipMaskHead):
         ret["track_num_convs"] = cfg.MODEL.SIPMASK.TRACK_NUM_CONVS
         return ret
 
+    @runs_inference_copy  # the tracking branch too runs on the prepared copy at inference
     def forward(self, features: list[Tensor]) -> dict[str, list[Tensor] | Tensor]:
         out = super().forward(features)
         out["track"] = self.track_map(features[:3])
