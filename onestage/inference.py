@@ -41,6 +41,7 @@ __all__ = [
     "check_amp",
     "fold_batchnorm_",
     "inference_autocast",
+    "is_fpn_output_conv",
     "prepare_for_inference",
     "runs_inference_copy",
     "uses_inference_copy",
@@ -201,6 +202,12 @@ def _winograd_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if getattr(self, "activation", None) is not None:
         x = self.activation(x)
     return x
+
+
+def is_fpn_output_conv(name: str) -> bool:
+    """``winograd`` predicate for FPNs (module names ``fpn_output*``): the bottom-up network stays
+    NHWC, the 3x3 output convs (P3 at 256 channels: the largest) take Winograd and give NCHW maps."""
+    return name.startswith("fpn_output")
 
 
 def _nhwc_transposed_forward(self: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:

@@ -499,3 +499,33 @@ def test_sipmask_vis_tracking_branch_runs_on_the_prepared_copy():
     assert set(fast) == set(plain) and "track" in fast
     torch.testing.assert_close(fast["track"], plain["track"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast["basis"], plain["basis"], rtol=1e-4, atol=1e-5)
+
+
+def test_stmask_backbone_protonet_and_head_run_on_prepared_copies():
+    cfg = load_config(
+        str(REPO_ROOT / "configs/STMask/STMask_plus_resnet50_ali.yaml"),
+        ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"],
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    benchmark.calibrate_norms(model.backbone, torch.randn(1, 3, 256, 320) * 50, seed=0)
+    images = torch.randn(1, 3, 256, 320) * 50
+    with torch.no_grad():
+        plain_features = type(model.backbone).forward.__wrapped__(model.backbone, images)
+        features = model.backbone(images)
+        levels = [features[f] for f in model.in_features]
+        plain_levels = [plain_features[f] for f in model.in_features]
+        plain = {
+            "proto": type(model.proto_net).forward.__wrapped__(model.proto_net, plain_levels[0]),
+            **type(model.head).forward.__wrapped__(model.head, plain_levels),
+        }
+        fast = {"proto": model.proto_net(levels[0]), **model.head(levels)}
+    for module in (model.backbone, model.proto_net, model.head):
+        assert module.inference_copy._copy is not None
+    for name in plain_features:
+        a, b = plain_features[name], features[name]
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max(), name
+    assert set(fast) == set(plain)
+    for name in plain:
+        a, b = plain[name], fast[name]
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max(), name

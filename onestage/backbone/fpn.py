@@ -11,7 +11,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone, build
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from torch import nn
 
-from onestage.inference import InferenceCopy, runs_inference_copy
+from onestage.inference import InferenceCopy, is_fpn_output_conv, runs_inference_copy
 
 from .mobilenet import build_mnv2_backbone
 from .vovnet import build_vovnet_backbone
@@ -26,10 +26,6 @@ __all__ = [
 ]
 
 
-def _is_output_conv(name: str) -> bool:
-    return name.startswith("fpn_output")
-
-
 class InferenceCopyFPN(FPN):
     """Detectron2's ``FPN`` (same modules, keys and training) that runs inference on its prepared copy
     (:class:`onestage.inference.InferenceCopy`: frozen norms folded into the convs, channels-last
@@ -37,9 +33,7 @@ class InferenceCopyFPN(FPN):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # the bottom-up network stays NHWC; the 3x3 output convs (P3 at 256 channels: the largest) take
-        # Winograd and hand the heads NCHW features
-        self.inference_copy: InferenceCopy | None = InferenceCopy(winograd=_is_output_conv)
+        self.inference_copy: InferenceCopy | None = InferenceCopy(winograd=is_fpn_output_conv)
 
     @runs_inference_copy
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from detectron2.modeling.backbone import Backbone
 from torch import nn
 
 from onestage.backbone import build_resnet_deform_backbone
+from onestage.inference import InferenceCopy, is_fpn_output_conv, runs_inference_copy
 
 from .head import init_stmask_weights
 
@@ -26,7 +27,9 @@ __all__ = ["STMaskFPN", "build_stmask_resnet_fpn_backbone"]
 
 
 class STMaskFPN(Backbone):
-    """FPN P3-P7 over three bottom-up maps C3, C4, C5 (strides s, 2s, 4s; outputs s ... 16s)."""
+    """FPN P3-P7 over three bottom-up maps C3, C4, C5 (strides s, 2s, 4s; outputs s ... 16s).
+    Inference runs its prepared copy (:mod:`onestage.inference`: frozen norms folded, NHWC bottom-up,
+    Winograd output convs)."""
 
     def __init__(
         self,
@@ -63,6 +66,7 @@ class STMaskFPN(Backbone):
         for name, module in self.named_children():
             if name != "bottom_up":
                 init_stmask_weights(module)
+        self.inference_copy: InferenceCopy | None = InferenceCopy(winograd=is_fpn_output_conv)
 
         stride3 = shapes[in_features[0]].stride
         self._out_features = []
@@ -79,6 +83,7 @@ class STMaskFPN(Backbone):
     def size_divisibility(self) -> int:
         return 32
 
+    @runs_inference_copy
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """
         Args:

@@ -16,6 +16,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
+from onestage.inference import InferenceCopy, runs_inference_copy
 from onestage.layers import DeformConv
 
 from .box_ops import VARIANCES
@@ -62,6 +63,7 @@ class ProtoNet(nn.Sequential):
             nn.Conv2d(channels, num_prototypes, 1),
         )
         init_stmask_weights(self)
+        self.inference_copy: InferenceCopy | None = InferenceCopy(channels_last=False, winograd=True)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int | None = None):
@@ -73,6 +75,7 @@ class ProtoNet(nn.Sequential):
             "num_prototypes": c.NUM_PROTOTYPES,
         }
 
+    @runs_inference_copy
     def forward(self, x: Tensor) -> Tensor:
         """
         Args:
@@ -230,6 +233,7 @@ class STMaskHead(nn.Module):
         self.track_layer = convs(embed_dim)
         self.mask_layer = convs(num_prototypes)
         init_stmask_weights(self)
+        self.inference_copy: InferenceCopy | None = InferenceCopy(channels_last=False, winograd=True)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Sequence[ShapeSpec] | None = None):
@@ -284,6 +288,7 @@ class STMaskHead(nn.Module):
             flat[name] = y.reshape(y.shape[0], -1, y.shape[-1])
         return flat, u
 
+    @runs_inference_copy
     def forward(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
         """
         Args:
