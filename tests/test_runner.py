@@ -370,6 +370,25 @@ def test_memory_stays_flat_in_the_number_of_frames():
     assert peak(100, keep_frames=True) > small + 5e6  # the measurement does see retained masks
 
 
+def test_runner_hands_free_heap_back_every_few_frames(monkeypatch):
+    from vis_eval.video import runner as runner_module
+
+    calls = []
+    monkeypatch.setattr(runner_module, "release_free_heap", lambda: calls.append(len(calls)) or True)
+    model = ToyVideoModel()
+    list(VideoRunner(model, min_size_test=8, trim_heap_every=3).stream(random_frames(10, h=8, w=10)))
+    assert len(calls) == 3  # after frames 3, 6 and 9
+    calls.clear()
+    list(VideoRunner(model, min_size_test=8, trim_heap_every=0).stream(random_frames(10, h=8, w=10)))
+    assert calls == []
+    with pytest.raises(ValueError, match="trim_heap_every"):
+        VideoRunner(model, trim_heap_every=-1)
+    assert VideoRunner.from_config(get_cfg(), model, trim_heap_every=5).trim_heap_every == 5
+    monkeypatch.undo()
+    # the real call: glibc's malloc_trim where there is one (this project's Linux machines)
+    assert runner_module.release_free_heap() is (runner_module._malloc_trim() is not None)
+
+
 def test_annotate_frame_colours_follow_track_ids():
     h, w = 120, 160
     metadata = MetadataCatalog.get("__test_runner_vis").set(thing_classes=["a", "b"])

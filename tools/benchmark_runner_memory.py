@@ -127,10 +127,17 @@ def worker(args: argparse.Namespace, num_frames: int) -> dict:
 
             DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         # video models (SipMask-VIS) associate by themselves; image models get the mask-IoU tracker
-        runner = VideoRunner.from_config(cfg, model, None if video_model(model) else MaskIoUTracker)
+        runner = VideoRunner.from_config(
+            cfg,
+            model,
+            None if video_model(model) else MaskIoUTracker,
+            trim_heap_every=args.trim_heap_every,
+        )
         model_name = Path(args.config_file).name
     else:
-        runner = VideoRunner(ShapeOracle(frames_only.masks()), MaskIoUTracker)
+        runner = VideoRunner(
+            ShapeOracle(frames_only.masks()), MaskIoUTracker, trim_heap_every=args.trim_heap_every
+        )
         model_name = f"shape oracle ({args.objects} objects)"
 
     builder = VideoResultBuilder()
@@ -188,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--config-file", default="")
+    parser.add_argument(
+        "--trim-heap-every", type=int, default=16, help="VideoRunner's trim_heap_every (0: never)"
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER)
@@ -202,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.frames:
         cmd = [sys.executable, __file__, "--worker", str(n), "--height", str(args.height)]
         cmd += ["--width", str(args.width), "--objects", str(args.objects), "--threads", str(args.threads)]
+        cmd += ["--trim-heap-every", str(args.trim_heap_every)]
         if args.config_file:
             cmd += ["--config-file", args.config_file, "--opts", *args.opts]
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
