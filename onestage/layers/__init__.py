@@ -9,6 +9,7 @@ from .mask_ops import (
     BatchPastedROIMasks,
     bilinear_source_index,
     paste_masks_in_image,
+    paste_windows,
     upsample_windows_into,
     window_chunks,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "offset_conv",
     "pairwise_iou_batched",
     "paste_masks_in_image",
+    "paste_windows",
     "plus_one_boxes",
     "reduce_mean",
     "top_batched_nms",

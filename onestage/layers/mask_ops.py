@@ -26,6 +26,7 @@ __all__ = [
     "BatchPastedROIMasks",
     "bilinear_source_index",
     "paste_masks_in_image",
+    "paste_windows",
     "upsample_windows_into",
     "window_chunks",
 ]
@@ -62,11 +63,12 @@ def _interp_weights(src: Tensor, size: int, clamp: bool, start: Tensor, length: 
     return (idx == lo[..., None]) * (1 - frac) + (idx == hi[..., None]) * frac
 
 
-def _write(out: Tensor, idx: Tensor, binary: Tensor, window: Tensor) -> None:
-    """``out[i][window_i] = binary[k]`` cropped to the window, for the k-th index i of ``idx``."""
-    for k, (i, (x0, y0, x1, y1)) in enumerate(zip(idx.tolist(), window.tolist())):
+def paste_windows(out: Tensor, idx: Tensor, crops: Tensor, windows: Tensor) -> None:
+    """``out[i, y0:y1, x0:x1] = crops[k, :y1 - y0, :x1 - x0]`` for the k-th index i of ``idx`` and its
+    ``windows[k] = (x0, y0, x1, y1)`` (one slice copy per window: the windows differ in size)."""
+    for k, (i, (x0, y0, x1, y1)) in enumerate(zip(idx.tolist(), windows.tolist())):
         if x1 > x0 and y1 > y0:
-            out[i, y0:y1, x0:x1] = binary[k, : y1 - y0, : x1 - x0]
+            out[i, y0:y1, x0:x1] = crops[k, : y1 - y0, : x1 - x0]
 
 
 def paste_masks_in_image(
@@ -122,7 +124,7 @@ def paste_masks_in_image(
         ry = _interp_weights(((gy + 1) * mh - 1) / 2, mh, False, zero[idx], mh).to(masks.dtype)
         rx = _interp_weights(((gx + 1) * mw - 1) / 2, mw, False, zero[idx], mw).to(masks.dtype)
         values = torch.bmm(torch.bmm(ry, masks[idx]), rx.transpose(1, 2))
-        _write(out, idx, values >= threshold, window[idx])
+        paste_windows(out, idx, values >= threshold, window[idx])
     return out
 
 
@@ -188,7 +190,7 @@ def upsample_windows_into(
     ry = _interp_weights(src_y[rows], h, True, windows[:, 1], hh).to(crops.dtype)
     rx = _interp_weights(src_x[cols], w, True, windows[:, 0], ww).to(crops.dtype)
     values = torch.bmm(torch.bmm(ry, crops), rx.transpose(1, 2))
-    _write(out, idx, values > threshold, target)
+    paste_windows(out, idx, values > threshold, target)
 
 
 class BatchPastedROIMasks(ROIMasks):

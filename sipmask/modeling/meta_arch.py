@@ -29,6 +29,7 @@ from onestage.layers import (
     distance_to_boxes,
     fast_nms,
     multiclass_nms,
+    paste_windows,
     plus_one_boxes,
     reduce_mean,
     upsample_windows_into,
@@ -553,8 +554,7 @@ class SipMask(DenseDetector):
         for idx in window_chunks(areas * k):
             crops = crop_split_windows(basis, coeffs[idx], grid_boxes[idx], windows[idx])
             if soft is not None:
-                for crop, i, (x0, y0, x1, y1) in zip(crops, idx.tolist(), windows[idx].tolist()):
-                    soft[i, y0:y1, x0:x1] = crop[: y1 - y0, : x1 - x0]
+                paste_windows(soft, idx, crops, windows[idx])
             upsample_windows_into(masks, idx, crops, windows[idx], (hm, wm), (up_h, up_w), self.mask_thresh)
         return masks, soft
 
