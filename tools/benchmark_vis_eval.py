@@ -16,8 +16,10 @@ Whole processes (``--whole-process``): writes a 300-video ``busy`` file (about 1
 the official baseline process (``--official-process GT RESULTS``: imports numpy and pycocotools,
 ``json.load`` of both files, the plain transcription of the official algorithm) and
 ``python -m vis_eval.evaluate GT RESULTS --json OUT`` pure (``VIS_EVAL_PURE=1``) and accelerated,
-checks that the 12 stats are equal and prints the median wall-clock and CPU (user + system) times
-and their ratios, the load averages, and the time of ``python -m vis_eval.evaluate --help``::
+each with its default worker processes and with ``--workers 1`` (``pure-1``, ``accelerated-1``),
+checks that the 12 stats are equal and prints the median wall-clock and CPU (user + system, all
+processes) times and their ratios, the load averages, and the time of
+``python -m vis_eval.evaluate --help``. Bytecode caches are written first, as after an install::
 
     python tools/benchmark_vis_eval.py --whole-process [--rounds 5] [--files busy sparse] [--out DIR]
 
@@ -149,13 +151,25 @@ def whole_process(out_dir: str, rounds: int, regimes: list[str]) -> int:
     from vis_eval import rle_accel
 
     py = sys.executable
+    # bytecode caches, as after any install (PYTHONDONTWRITEBYTECODE would otherwise make every
+    # process compile the modules it imports, ours and the baseline's)
+    subprocess.run(
+        [py, "-m", "compileall", "-q", os.path.join(REPO_ROOT, "vis_eval"), os.path.join(REPO_ROOT, "tools")],
+        check=True,
+    )
     print(f"load: {_load_avg()} (1/5/15 min)")
     helps = [_run([py, "-m", "vis_eval.evaluate", "--help"]) for _ in range(5)]
     print(f"python -m vis_eval.evaluate --help: median {np.median(helps):.3f} s")
     pure_env = dict(os.environ, VIS_EVAL_PURE="1")
     accel_env = {k: v for k, v in os.environ.items() if k != "VIS_EVAL_PURE"}
-    variants = ["official", "pure"] + (["accelerated"] if rle_accel.available() else [])
-    if "accelerated" not in variants:
+    from vis_eval.evaluation.workers import default_workers
+
+    workers = default_workers()
+    print(f"worker processes of python -m vis_eval.evaluate (its default here): {workers}")
+    variants = ["official", "pure", "pure-1"]
+    if rle_accel.available():
+        variants += ["accelerated", "accelerated-1"]
+    else:
         print("the C accelerator is not built: timing the pure path only")
     status = 0
     for regime in regimes:
@@ -163,15 +177,18 @@ def whole_process(out_dir: str, rounds: int, regimes: list[str]) -> int:
         os.makedirs(sub, exist_ok=True)
         gt_path, res_path = make_files(sub, 300, 0, regime)
         outs = {v: os.path.join(sub, f"{v}.json") for v in variants}
+        ours = [py, "-m", "vis_eval.evaluate", gt_path, res_path]
         cmds = {
             "official": ([py, os.path.abspath(__file__), "--official-process", gt_path, res_path], None),
-            "pure": ([py, "-m", "vis_eval.evaluate", gt_path, res_path], pure_env),
-            "accelerated": ([py, "-m", "vis_eval.evaluate", gt_path, res_path], accel_env),
+            "pure": (ours, pure_env),
+            "pure-1": ([*ours, "--workers", "1"], pure_env),
+            "accelerated": (ours, accel_env),
+            "accelerated-1": ([*ours, "--workers", "1"], accel_env),
         }
         times: dict[str, list[float]] = {v: [] for v in variants}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
         load_before = _load_avg()
-        for _ in range(rounds):  # interleaved: official, pure, accelerated, official, ...
+        for _ in range(rounds):  # interleaved: official, pure, pure-1, accelerated, ..., official, ...
             for v in variants:
                 cmd, env = cmds[v]
                 wall, used = _run_cpu([*cmd, "--json", outs[v]], env)

@@ -3,6 +3,7 @@
 Prints the exact YouTube-VIS video AP of a results file; see :mod:`vis_eval.evaluation.commands`.
 """
 
+import os
 import sys
 
 from .evaluation.commands import evaluate_main as main
@@ -10,4 +11,9 @@ from .evaluation.commands import evaluate_main as main
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # the parsed files are millions of objects: exit without freeing them one by one (the
+    # command's output files are closed; only the standard streams need flushing)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -39,6 +39,7 @@ import operator
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -48,6 +49,7 @@ from ..rle import join_counts, run_sums, segm_to_rle
 from ..rle_accel import Accel
 from ..rle_accel import get as get_accel
 from .params import EvalParams, EvalResult, prepare_inputs, summarize
+from .workers import ForkedWorkers
 
 __all__ = ["evaluate"]
 
@@ -113,6 +115,14 @@ class _Entries:
         #: entries whose runs do not cover their H x W pixels (pycocotools would loop forever on them)
         self.malformed = np.flatnonzero(~well_formed | (total != pixels))
         self.start = np.searchsorted(self.owner, np.arange(len(segms) + 1))
+
+    def first_malformed(self, track_ids: np.ndarray) -> tuple[int, int, int]:
+        """(number of malformed entries, id of the first one's track in ``track_ids``, its frame),
+        or (0, -1, -1)."""
+        if not self.malformed.size:
+            return 0, -1, -1
+        e = int(self.malformed[0])
+        return int(self.malformed.size), int(track_ids[self.owner[e]]), int(self.t[e])
 
     def prefix_area(self, tracks: np.ndarray, length: np.ndarray) -> np.ndarray:
         """Per query: the summed area of the entries of ``tracks[i]`` in frames ``< length[i]``."""
@@ -322,8 +332,9 @@ def _bucket_ious(
     g: _Entries,
     buckets: list[tuple[list[int], list[int]]],
     bucket_video: np.ndarray,
-) -> tuple[list[np.ndarray], int, int]:
-    """Video IoU matrices (spec §4.4) of the (video, category) buckets holding results and GT.
+) -> tuple[np.ndarray, int, int]:
+    """Video IoU matrices (spec §4.4) of the (video, category) buckets holding results and GT,
+    flattened: bucket after bucket, each [D, G] row-major.
 
     ``buckets``: per bucket, the result track indices (score order) and the GT track indices (load
     order); ``bucket_video``: the video (order index) of each bucket. One ``mask_util.iou`` call per
@@ -338,7 +349,7 @@ def _bucket_ious(
     """
     n_b = len(buckets)
     if n_b == 0:
-        return [], 0, 0
+        return np.zeros(0), 0, 0
     nd_b = np.array([len(di) for di, _ in buckets], np.int64)
     ng_b = np.array([len(gi) for _, gi in buckets], np.int64)
     off = np.r_[0, np.cumsum(nd_b * ng_b)]
@@ -487,8 +498,43 @@ def _bucket_ious(
     pos = union > 0
     ious = np.zeros(n_pairs)
     ious[pos] = inter[pos] / union[pos]
-    out = [ious[off[b] : off[b + 1]].reshape(nd_b[b], ng_b[b]) for b in range(n_b)]
-    return out, n_mismatch, int(np.count_nonzero(~pos))
+    return ious, n_mismatch, int(np.count_nonzero(~pos))
+
+
+class _MaskWork(NamedTuple):
+    """The mask work of the tracks of some videos: per side (results, GT) ``first_malformed``; the
+    mean truthy areas of their result / GT tracks; the flattened IoU matrices of their buckets."""
+
+    malformed: list[tuple[int, int, int]]
+    d_avg: np.ndarray
+    g_avg: np.ndarray
+    ious: np.ndarray
+    n_mismatch: int
+    n_zero: int
+
+
+_MASKS_PER_WORKER = 20000  # a worker process pays off from about this many masks
+
+
+def _video_parts(
+    d_segms: list[list],
+    d_vid: np.ndarray,
+    g_segms: list[list],
+    g_vid: np.ndarray,
+    n_videos: int,
+    workers: int,
+) -> list[tuple[int, int]]:
+    """Ranges ``[lo, hi)`` of video order indices with about equal numbers of frame entries, one
+    per worker (fewer when there is too little work to share)."""
+    frames = np.bincount(d_vid, np.fromiter(map(len, d_segms), np.float64, len(d_segms)), n_videos)
+    frames += np.bincount(g_vid, np.fromiter(map(len, g_segms), np.float64, len(g_segms)), n_videos)
+    total = float(frames.sum())
+    n = max(1, min(int(workers), int(total // _MASKS_PER_WORKER), n_videos))
+    if n == 1:
+        return [(0, n_videos)]
+    cuts = np.searchsorted(np.cumsum(frames), total * np.arange(1, n) / n).tolist()
+    bounds = sorted({0, n_videos, *(min(c + 1, n_videos) for c in cuts)})
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _match(
@@ -549,6 +595,7 @@ def evaluate(
     gt: dict | str | os.PathLike,
     results: list | str | os.PathLike,
     params: EvalParams | None = None,
+    workers: int | ForkedWorkers = 1,
 ) -> EvalResult:
     """Evaluate video instance segmentation ``results`` against ``gt`` (spec §4).
 
@@ -556,13 +603,26 @@ def evaluate(
         gt: YouTube-VIS annotation dict or JSON path (must contain ``annotations``; not mutated).
         results: list of ``{"video_id", "category_id", "score", "segmentations"}`` or a JSON/zip path.
         params: evaluation parameters (defaults: spec §4.3).
+        workers: processes for the mask work (decoding, areas, intersections), split by video:
+            a number (this process and ``workers - 1`` children forked here, Linux only) or a
+            :class:`~vis_eval.evaluation.workers.ForkedWorkers` forked before the inputs were
+            read (what ``python -m vis_eval.evaluate`` does). The numbers do not depend on it.
     """
     with gc_paused():  # the evaluation builds many small containers; none of them cyclic
-        return _evaluate(*prepare_inputs(gt, results, params))
+        if isinstance(workers, ForkedWorkers):
+            return _evaluate(*prepare_inputs(gt, results, params), workers=workers)
+        with ForkedWorkers(workers) as pool:
+            return _evaluate(*prepare_inputs(gt, results, params), workers=pool)
 
 
 def _evaluate(
-    p: EvalParams, gt: dict, results: list, videos: dict, vid_ids: list, cat_ids: list
+    p: EvalParams,
+    gt: dict,
+    results: list,
+    videos: dict,
+    vid_ids: list,
+    cat_ids: list,
+    workers: ForkedWorkers,
 ) -> EvalResult:
     vorder = {v: i for i, v in enumerate(vid_ids)}
     corder = {c: k for k, c in enumerate(cat_ids)}
@@ -598,30 +658,64 @@ def _evaluate(
     d_vid, d_cat, d_score, d_load = d_vid[keep], d_cat[keep], d_score[keep], d_load[keep]
     n_det, n_gt = len(d_vid), len(g_vid)
     d_segms = [results[i]["segmentations"] for i in d_load.tolist()]
-
-    # --- (video, category) buckets and the flattened per-frame masks with their areas
+    # --- (video, category) buckets; the mask work (areas, IoUs) split by video over the workers
     g_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
     for j, (v, k) in enumerate(zip(g_vid.tolist(), g_cat.tolist())):
         g_bucket[v, k].append(j)
     d_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (v, k) in enumerate(zip(d_vid.tolist(), d_cat.tolist())):  # already in rank order
         d_bucket[v, k].append(i)
+    keys = sorted(k for k in d_bucket if k in g_bucket)
+    bucket_video = np.array([v for v, _ in keys], np.int64)
+    g_segms = [a["segmentations"] for a in g_anns]
     accel = get_accel()
-    d_ent = _Entries(d_segms, [sizes[v] for v in d_vid.tolist()], accel)
-    g_ent = _Entries([a["segmentations"] for a in g_anns], [sizes[v] for v in g_v], accel)
-    for ent, what in ((d_ent, "result"), (g_ent, "annotation")):
-        if ent.malformed.size:
-            e = int(ent.malformed[0])
-            i, t = int(ent.owner[e]), int(ent.t[e])
+
+    def mask_work(videos: tuple[int, int]) -> _MaskWork:
+        """The mask work of the tracks of videos ``[lo, hi)`` (video order indices)."""
+        lo, hi = videos
+        d_idx = np.arange(*np.searchsorted(d_vid, videos))  # results are sorted by video
+        g_idx = np.flatnonzero((g_vid >= lo) & (g_vid < hi))
+        d_ent = _Entries(
+            [d_segms[i] for i in d_idx.tolist()], [sizes[v] for v in d_vid[d_idx].tolist()], accel
+        )
+        g_ent = _Entries(
+            [g_segms[j] for j in g_idx.tolist()], [sizes[v] for v in g_vid[g_idx].tolist()], accel
+        )
+        malformed = [ent.first_malformed(idx) for ent, idx in ((d_ent, d_idx), (g_ent, g_idx))]
+        if malformed[0][0] or malformed[1][0]:
+            return _MaskWork(malformed, np.zeros(0), np.zeros(0), np.zeros(0), 0, 0)
+        b0, b1 = np.searchsorted(bucket_video, videos).tolist()
+        lists = [
+            ((np.asarray(d_bucket[key]) - d_idx[:1]).tolist(), np.searchsorted(g_idx, g_bucket[key]).tolist())
+            for key in keys[b0:b1]
+        ]
+        ious, n_mismatch, n_zero = _bucket_ious(d_ent, g_ent, lists, bucket_video[b0:b1])
+        return _MaskWork(
+            malformed,
+            d_ent.mean_truthy_area(len(d_idx)),
+            g_ent.mean_truthy_area(len(g_idx)),
+            ious,
+            n_mismatch,
+            n_zero,
+        )
+
+    parts = _video_parts(d_segms, d_vid, g_segms, g_vid, len(vid_ids), workers.size)
+    work = workers.map(mask_work, parts)
+    for side, what in enumerate(("result", "annotation")):
+        found = [w.malformed[side] for w in work if w.malformed[side][0]]
+        if found:
+            _, i, t = min(found, key=lambda f: f[1:])
             name = f"result #{int(d_load[i])}" if what == "result" else f"annotation id {g_anns[i].get('id')}"
             raise ValueError(
-                f"{ent.malformed.size} malformed {what} mask(s): their RLE runs do not cover their "
+                f"{sum(f[0] for f in found)} malformed {what} mask(s): their RLE runs do not cover their "
                 f"H x W pixels (first: {name}, frame {t})"
             )
 
     # --- average areas (spec §4.2): mean of the truthy per-frame areas; GT areas from the JSON
-    d_avg = d_ent.mean_truthy_area(n_det)
-    g_rle_avg = g_ent.mean_truthy_area(n_gt)
+    d_avg = np.concatenate([w.d_avg for w in work])
+    g_rle_avg = np.zeros(n_gt)
+    for (lo, hi), w in zip(parts, work):
+        g_rle_avg[(g_vid >= lo) & (g_vid < hi)] = w.g_avg
     g_avg = np.zeros(n_gt)
     for j, ann in enumerate(g_anns):
         areas = ann.get("areas")
@@ -635,10 +729,13 @@ def _evaluate(
                 g_avg[j] = float(np.mean(truthy)) if truthy else 0.0
 
     # --- IoU of the buckets with both results and GT
-    keys = sorted(k for k in d_bucket if k in g_bucket)
     bucket_lists = [(d_bucket[key], g_bucket[key]) for key in keys]
-    bucket_video = np.array([v for v, _ in keys], np.int64)
-    blocks, n_mismatch, n_zero = _bucket_ious(d_ent, g_ent, bucket_lists, bucket_video)
+    sizes_b = [len(di) * len(gi) for di, gi in bucket_lists]
+    flat = np.concatenate([w.ious for w in work])
+    cuts = np.cumsum(sizes_b)[:-1].tolist()
+    blocks = [m.reshape(len(di), len(gi)) for m, (di, gi) in zip(np.split(flat, cuts), bucket_lists)]
+    n_mismatch = sum(w.n_mismatch for w in work)
+    n_zero = sum(w.n_zero for w in work)
     pairs = [(m, np.array(di), np.array(gi)) for m, (di, gi) in zip(blocks, bucket_lists)]
     bucket_ious = {(vid_ids[v], cat_ids[k]): m for (v, k), m in zip(keys, blocks)}
     if n_mismatch:
