@@ -45,6 +45,9 @@ __all__ = [
     "prepare_for_inference",
     "runs_inference_copy",
     "uses_inference_copy",
+    "winograd_conv",
+    "winograd_eligible",
+    "winograd_ready",
 ]
 
 # MODEL.INFERENCE.AMP -> autocast dtype
@@ -145,7 +148,8 @@ _WINOGRAD_MIN_OUT_CHANNELS = 32
 
 
 @functools.cache
-def _nnpack_ready() -> bool:
+def winograd_ready() -> bool:
+    """Whether :func:`winograd_conv` can use NNPACK here."""
     # NNPACK is initialised by this query; its convolution fails until then
     available = getattr(torch, "_nnpack_available", None)
     return bool(available is not None and available() and hasattr(torch, "_nnpack_spatial_convolution"))
@@ -184,7 +188,7 @@ def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         and x.dim() == 4
         and _winograd_pays(x.shape)
         and not torch.is_autocast_enabled("cpu")
-        and _nnpack_ready()
+        and winograd_ready()
     ):
         try:
             y = torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, [1, 1], [1, 1])
@@ -226,7 +230,8 @@ def prepare_for_inference(
     :func:`winograd_conv` (NCHW weights and outputs), transposed convolutions on NHWC inputs, no
     autograd, no hooks
     (those of ``module`` run around the call that uses the copy), and no :class:`InferenceCopy` of its
-    own."""
+    own. Submodules with a ``prepare_inference_()`` method (VoVNet's OSA blocks) then prepare an
+    inference-only form of their own."""
     prepared = copy.deepcopy(module)
     for m in prepared.modules():
         for name in _HOOK_DICTS:
@@ -243,6 +248,9 @@ def prepare_for_inference(
             m.forward = types.MethodType(_nhwc_transposed_forward, m)
         elif channels_last and isinstance(m, nn.Conv2d):
             m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+    for m in prepared.modules():  # modules with an inference-only form of their own
+        if callable(getattr(m, "prepare_inference_", None)):
+            m.prepare_inference_()
     return prepared
 
 
@@ -271,7 +279,9 @@ class InferenceCopy:
     ``inference_copy`` (not a submodule: ``state_dict()`` never sees it) and calls :meth:`get` from its
     ``forward`` when :func:`uses_inference_copy`. Copying or pickling the owner drops the copy.
     ``channels_last`` / ``winograd``: as :func:`prepare_for_inference` (heads of GN towers take
-    ``winograd``: on CPU its transforms beat the NHWC direct convolution there, not in backbones)."""
+    ``winograd``: on CPU its transforms beat the NHWC direct convolution there; in backbones the
+    layout changes around single convs eat the gain, except in VoVNet's large OSA blocks, which
+    run in NCHW as a whole: ``OSAModule.prepare_inference_``)."""
 
     def __init__(self, channels_last: bool = True, winograd: bool | Callable[[str], bool] = False):
         self.channels_last = channels_last

@@ -20,6 +20,8 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from onestage.backbone import VOVNET_SPECS, VoVNet
+from onestage.backbone.vovnet import OSAModule
 from onestage.config import load_config
 from onestage.fcos.head import FCOSHead
 from onestage.inference import (
@@ -353,6 +355,39 @@ def test_prepared_head_runs_its_3x3_convs_on_winograd():
     for a_level, b_level in zip(plain, fast, strict=True):
         for a, b in zip(a_level, b_level, strict=True):
             assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+
+
+@pytest.mark.skipif(not torch._nnpack_available(), reason="NNPACK is not available")
+def test_prepared_vovnet_runs_large_osa_blocks_on_winograd(monkeypatch):
+    """Prepared copies run OSA blocks on maps of >= 5000 positions with NNPACK 3x3 convs and the
+    aggregation conv as per-part matrix products into an NHWC output: the plain outputs (batch of
+    two); smaller blocks, deformable stages and depthwise bodies keep the plain forward."""
+    torch.manual_seed(0)
+    net = VoVNet(VOVNET_SPECS["V-19-slim-eSE"], out_features=("stage2", "stage3", "stage4")).eval()
+    _random_norms(net)
+    x = torch.randn(2, 3, 288, 300)  # stage 2: 72 x 75 = 5400 positions; stage 3: 36 x 38
+    with torch.no_grad():
+        plain = net(x)
+    prepared = prepare_for_inference(net)
+    assert net.stage2.OSA2_1._winograd is None  # only the copy holds the split weights
+    # the split weights are plain attributes of the copy: nothing new in its state (besides the
+    # biases the folded norms give the convs)
+    assert {k for k in prepared.state_dict() if not k.endswith("conv.bias")} <= set(net.state_dict())
+    calls = []
+    real = OSAModule._forward_winograd
+    monkeypatch.setattr(OSAModule, "_forward_winograd", lambda m, t: calls.append(t.shape[-2:]) or real(m, t))
+    with torch.no_grad():
+        fast = prepared(x)
+        assert _ran_nnpack(lambda: prepared(x))
+    assert calls[0] == (72, 75) and all(c == (72, 75) for c in calls)  # stage 2 only
+    assert fast["stage2"].is_contiguous(memory_format=torch.channels_last)
+    for name in plain:
+        assert (fast[name] - plain[name]).abs().max() <= 1e-4 * plain[name].abs().max(), name
+    dcn = VoVNet(VOVNET_SPECS["V-19-slim-eSE"], stage_with_dcn=(True, False, False, False))
+    depthwise = VoVNet(VOVNET_SPECS["V-19-slim-dw-eSE"])
+    for model in (dcn, depthwise):
+        assert prepare_for_inference(model.eval()).stage2.OSA2_1._winograd is None
+    assert prepare_for_inference(dcn.eval()).stage3.OSA3_1._winograd is not None
 
 
 # ------------------------------------------------------------------ deformable conv, NMS
