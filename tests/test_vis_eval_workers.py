@@ -156,3 +156,16 @@ def test_command_with_workers_gives_the_same_stats(tmp_path):
         stats.append(json.loads(out.read_text()))
     assert stats[0] == stats[1]
     assert stats[0]["stats"] == evaluate(gt, res).as_dict()
+
+
+def test_default_workers_bounded_by_the_memory_for_parsed_copies(tmp_path, monkeypatch):
+    from vis_eval.evaluation import commands
+
+    f = tmp_path / "res.json"
+    f.write_bytes(b"[]" * 500)  # 1000 bytes: a parsed copy needs ~5000
+    pages = {"SC_PAGE_SIZE": 1000, "SC_AVPHYS_PAGES": 12}  # 12000 bytes available
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert commands._affordable_copies(str(f)) == 2
+    pages["SC_AVPHYS_PAGES"] = 1
+    assert commands._affordable_copies(str(f)) == 1
+    assert commands._affordable_copies(str(tmp_path / "missing.json")) == 1

@@ -26,6 +26,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import sys
 import time
 
@@ -52,7 +53,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="processes for the mask work, forked before the files are read, each parsing them "
-        "(default: 1 with the C accelerator, else the usable CPUs, at most 4; 1 on macOS / Windows)",
+        "(default: 1 with the C accelerator, else the usable CPUs, at most 4 and at most as many as "
+        "the available memory holds parsed copies of the files; 1 on macOS / Windows)",
     )
     parser.add_argument("--no-mask-check", action="store_true", help=argparse.SUPPRESS)  # no longer needed
     args = parser.parse_args(argv)
@@ -66,6 +68,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         workers = 1
     elif workers is None:  # with the accelerator the mask work is too short to pay for a second parse
         workers = 1 if get_accel() is not None else default_workers()
+        workers = min(workers, _affordable_copies(args.gt, args.results))
     try:
         # the children parse the files themselves, in parallel with this process (see workers.py)
         with ForkedWorkers(workers) as pool:
@@ -73,6 +76,19 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     finally:
         if was_enabled:
             gc.enable()
+
+
+_PARSED_BYTES_PER_FILE_BYTE = 5  # memory of parsed RLE JSON over its size (measured ~4.5)
+
+
+def _affordable_copies(*paths: str) -> int:
+    """How many processes can each hold the parsed files in the memory available now (at least 1)."""
+    try:
+        size = sum(os.path.getsize(p) for p in paths)
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # unknown: one process
+        return 1
+    return max(1, available // max(_PARSED_BYTES_PER_FILE_BYTE * size, 1))
 
 
 def _evaluate_command(args: argparse.Namespace, workers: ForkedWorkers) -> int:
