@@ -55,6 +55,14 @@ def test_each_part_computed_by_its_own_process():
         assert pool.map(lambda part: part * 2, [1, 2]) == [2, 4]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_results_or_no_gt_tracks_with_workers(workers, split_small):
+    gt, res = random_gt_and_results(np.random.default_rng(11), quirks=False, n_videos=4, gt_per_video=(1, 3))
+    assert_same(evaluate(gt, [], workers=workers), reference_evaluate(gt, []))
+    no_tracks = dict(gt, annotations=[])
+    assert_same(evaluate(no_tracks, res, workers=workers), reference_evaluate(no_tracks, res))
+
+
 @needs_fork
 def test_workers_split_by_video_in_balanced_parts(split_small):
     d_segms = [[1] * 10, [1] * 10, [1] * 30, [1] * 10]

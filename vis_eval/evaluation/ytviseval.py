@@ -526,7 +526,10 @@ def _video_parts(
 ) -> list[tuple[int, int]]:
     """Ranges ``[lo, hi)`` of video order indices with about equal numbers of frame entries, one
     per worker (fewer when there is too little work to share)."""
-    frames = np.bincount(d_vid, np.fromiter(map(len, d_segms), np.float64, len(d_segms)), n_videos)
+    if workers <= 1:
+        return [(0, n_videos)]
+    frames = np.zeros(n_videos)  # (bincount of no entries gives integers)
+    frames += np.bincount(d_vid, np.fromiter(map(len, d_segms), np.float64, len(d_segms)), n_videos)
     frames += np.bincount(g_vid, np.fromiter(map(len, g_segms), np.float64, len(g_segms)), n_videos)
     total = float(frames.sum())
     n = max(1, min(int(workers), int(total // _MASKS_PER_WORKER), n_videos))
