@@ -24,6 +24,10 @@ YouTube-VIS API), organised for speed:
   size differs from the video's take a slow exact path with ``mask_util.merge`` (both paths). Boxes
   of results are never computed (segm evaluation does not use them).
 * The cyclic garbage collector is paused during the evaluation (many small containers, no cycles).
+* Workers (``workers``): the mask work above is independent per video; it is split into ranges of
+  videos with about equal numbers of frame entries, one per process
+  (:class:`~vis_eval.evaluation.workers.ForkedWorkers`), each sending back its videos' mean areas
+  and IoU matrices; the rest runs in this process. Same numbers with any number of workers.
 * Matching: the greedy per-threshold matcher runs once per result rank over all buckets, area ranges
   and IoU thresholds at once (buckets padded to a power of two of their GT count).
 * Accumulation: one lexicographic sort of all results, then per maxDets the cumulative sums of all
