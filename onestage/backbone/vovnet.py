@@ -107,9 +107,13 @@ class ESE(nn.Module):
         super().__init__()
         self.fc = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> the (N, C, 1, 1) channel weights."""
         s = self.fc(F.adaptive_avg_pool2d(x, 1))
-        return x * (F.relu6(s + 3.0) / 6.0)
+        return F.relu6(s + 3.0) / 6.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
 
 
 @dataclass(frozen=True)
@@ -230,9 +234,10 @@ class OSAModule(nn.Module):
             torch.addmm(bias, feats[0][i].view(-1, h * w).t(), parts[0], out=o)
             for f, part in zip(feats[1:], parts[1:]):
                 o.addmm_(f[i].view(-1, h * w).t(), part)
-        x = self.ese(out.permute(0, 3, 1, 2).relu_())
+        x = out.permute(0, 3, 1, 2).relu_()
+        x.mul_(self.ese.gate(x))  # in place: the output is ours (no fresh NHWC map to fault in)
         if self.identity:
-            x = x + identity_feat
+            x.add_(identity_feat)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
