@@ -614,6 +614,9 @@ def evaluate(
             a number (this process and ``workers - 1`` children forked here, Linux only) or a
             :class:`~vis_eval.evaluation.workers.ForkedWorkers` forked before the inputs were
             read (what ``python -m vis_eval.evaluate`` does). The numbers do not depend on it.
+            Forking copies only the calling thread: use more than 1 from a process whose other
+            threads hold no locks the evaluation needs (a command, a notebook; not from inside a
+            multi-threaded server).
     """
     with gc_paused():  # the evaluation builds many small containers; none of them cyclic
         if isinstance(workers, ForkedWorkers):
