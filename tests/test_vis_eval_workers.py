@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,8 @@ def test_default_workers_bounded_by_the_memory_for_parsed_copies(tmp_path, monke
     pages["SC_AVPHYS_PAGES"] = 1
     assert commands._affordable_copies(str(f)) == 1
     assert commands._affordable_copies(str(tmp_path / "missing.json")) == 1
+    pages["SC_AVPHYS_PAGES"] = 12
+    z = tmp_path / "res.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("results.json", "[]" * 1000)  # 2000 bytes once unpacked, far fewer packed
+    assert z.stat().st_size < 200 and commands._affordable_copies(str(z)) == 1

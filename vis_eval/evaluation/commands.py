@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import time
+import zipfile
 
 from ..rle_accel import get as get_accel
 from .params import format_summary, load_gt, load_results
@@ -84,9 +85,15 @@ _PARSED_BYTES_PER_FILE_BYTE = 5  # memory of parsed RLE JSON over its size (meas
 def _affordable_copies(*paths: str) -> int:
     """How many processes can each hold the parsed files in the memory available now (at least 1)."""
     try:
-        size = sum(os.path.getsize(p) for p in paths)
+        size = 0
+        for p in paths:
+            if zipfile.is_zipfile(p):  # what is parsed is the uncompressed member
+                with zipfile.ZipFile(p) as zf:
+                    size += sum(info.file_size for info in zf.infolist())
+            else:
+                size += os.path.getsize(p)
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):  # unknown: one process
+    except (OSError, ValueError, AttributeError, zipfile.BadZipFile):  # unknown: one process
         return 1
     return max(1, available // max(_PARSED_BYTES_PER_FILE_BYTE * size, 1))
 
