@@ -1,7 +1,11 @@
 """Invalid results and ground truth are refused before scoring; the one-pass RLE run sums."""
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -13,6 +17,8 @@ from vis_eval.evaluation import evaluate, reference_evaluate, validate_results
 from vis_eval.evaluation.results import check_results
 from vis_eval.file_io import read_json
 from vis_eval.rle import decode_counts, encode_masks, run_sums
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -32,6 +38,23 @@ def test_good_file_is_scored(files, capsys):
     tmp_path, gt, res = files
     code, err = run_cli(tmp_path, gt, res, capsys)
     assert code == 0, err
+
+
+def test_command_output_cut_short_exits_without_a_traceback(files):
+    """``python -m vis_eval.evaluate ... | head``: a reader that has gone ends the command quietly,
+    with status 1 (it did not finish)."""
+    tmp_path, gt, res = files
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    cmd = [sys.executable, "-m", "vis_eval.evaluate", str(tmp_path / "gt.json"), str(tmp_path / "res.json")]
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write
+    try:
+        proc = subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, timeout=120)
+    finally:
+        os.close(w)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1
 
 
 def test_unknown_category_refused_with_contiguous_hint(files, capsys):

@@ -11,9 +11,14 @@ from .evaluation.commands import evaluate_main as main
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    status = main()
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (`| head`): no traceback, but not done either
+        status = 1
     # the parsed files are millions of objects: exit without freeing them one by one (the
     # command's output files are closed; only the standard streams need flushing)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    try:
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
