@@ -148,11 +148,17 @@ _WINOGRAD_MIN_OUT_CHANNELS = 32
 
 
 @functools.cache
-def winograd_ready() -> bool:
-    """Whether :func:`winograd_conv` can use NNPACK here."""
+def _nnpack_initialised() -> bool:
     # NNPACK is initialised by this query; its convolution fails until then
     available = getattr(torch, "_nnpack_available", None)
     return bool(available is not None and available() and hasattr(torch, "_nnpack_spatial_convolution"))
+
+
+def winograd_ready() -> bool:
+    """Whether :func:`winograd_conv` can use NNPACK here: available, and not turned off with
+    ``torch.backends.nnpack.set_flags(False)`` / ``flags(enabled=False)``."""
+    enabled = getattr(torch._C, "_get_nnpack_enabled", None)
+    return _nnpack_initialised() and (enabled is None or bool(enabled()))
 
 
 def winograd_eligible(conv: nn.Module) -> bool:

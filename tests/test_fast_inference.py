@@ -330,6 +330,9 @@ def test_winograd_conv_equals_the_direct_convolution(shape, bias, channels_last,
         assert torch.equal(ours, expected)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the direct convolution
         assert not _ran_nnpack(lambda: winograd_conv(x, weight, b))
+    with torch.backends.nnpack.flags(enabled=False):  # NNPACK turned off by the user
+        assert not _ran_nnpack(lambda: winograd_conv(x, weight, b))
+        assert torch.equal(winograd_conv(x, weight, b), expected)
 
 
 def test_prepared_head_runs_its_3x3_convs_on_winograd():
