@@ -4,19 +4,10 @@ Checks a results file before evaluation or upload (exit status 1 when it has err
 :mod:`vis_eval.evaluation.commands`.
 """
 
-import os
-import sys
-
+from .evaluation.commands import run_command
 from .evaluation.commands import validate_main as main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    try:
-        status = main()
-        sys.stdout.flush()
-    except BrokenPipeError:  # the reader stopped early (`| head`): no traceback
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
-        status = 1
-    sys.exit(status)
+    run_command(main)

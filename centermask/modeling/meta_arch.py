@@ -45,22 +45,15 @@ class CenterMask(GeneralizedRCNN):
         do_postprocess: bool = True,
     ):
         """As ``GeneralizedRCNN.inference``."""
-        assert not self.training
-        images = self.preprocess_image(batched_inputs)
         with inference_autocast(self.inference_amp, self.device):
-            features = self.backbone(images.tensor)
-            if detected_instances is None:
-                proposals, _ = self.proposal_generator(images, features, None)
-                results, _ = self.roi_heads(images, features, proposals, None)
-            else:
-                detected_instances = [x.to(self.device) for x in detected_instances]
-                results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
+            results = super().inference(batched_inputs, detected_instances, do_postprocess=False)
         if not do_postprocess:
             return results
         processed = []
-        for result, inputs, (h, w) in zip(results, batched_inputs, images.image_sizes, strict=True):
+        for result, inputs in zip(results, batched_inputs, strict=True):
             if result.has("pred_masks") and not torch.is_grad_enabled():
                 result.pred_masks = BatchPastedROIMasks(result.pred_masks[:, 0])
+            h, w = inputs["image"].shape[-2:]  # the image size before padding (ImageList.image_sizes)
             height, width = inputs.get("height", h), inputs.get("width", w)
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed

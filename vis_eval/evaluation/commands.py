@@ -30,6 +30,8 @@ import os
 import sys
 import time
 import zipfile
+from collections.abc import Callable
+from typing import NoReturn
 
 from ..rle_accel import get as get_accel
 from .params import format_summary, load_gt, load_results
@@ -38,7 +40,27 @@ from .results import ValidationReport, check_results, malformed_masks, validate_
 from .workers import ForkedWorkers, default_workers
 from .ytviseval import evaluate
 
-__all__ = ["evaluate_main", "validate_main"]
+__all__ = ["evaluate_main", "run_command", "validate_main"]
+
+
+def run_command(main: Callable[[], int], fast_exit: bool = False) -> NoReturn:
+    """Run a ``python -m`` entry point and exit with its status. A reader that stops early
+    (``| head``) ends it with status 1 and no traceback. ``fast_exit``: leave without freeing the
+    process's objects one by one (``os._exit`` after flushing the standard streams; for commands
+    that parsed large files and closed their output files)."""
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+        status = 1
+    if not fast_exit:
+        sys.exit(status)
+    try:
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
