@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import deform_conv2d
 
 from onestage.layers import DeformConv, ModulatedDeformConv, offset_conv
 
@@ -65,6 +66,7 @@ CASES = [
     (4, 6, (3, 3), (2, 2), (1, 1), (1, 1), 2, 2, True),
     (6, 4, (3, 2), (1, 2), (2, 0), (2, 1), 2, 3, True),
     (4, 4, (1, 1), (1, 1), (0, 0), (1, 1), 4, 4, False),
+    (6, 4, (3, 2), (2, 1), (1, 0), (1, 2), 1, 3, True),  # groups 1 on CPU: the sampled backward
 ]
 
 
@@ -128,6 +130,37 @@ def test_forward_backward_match_reference(case, modulated):
     torch.testing.assert_close(m.weight.grad, ref_w.grad, rtol=1e-7, atol=1e-9)
     if ref_b is not None:
         torch.testing.assert_close(m.bias.grad, ref_b.grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
+def test_cpu_training_keeps_torchvision_forward_and_its_gradients(modulated):
+    # float32, 4 deformable groups (the SipMask head's feature alignment)
+    gen = torch.Generator().manual_seed(0)
+    cls = ModulatedDeformConv if modulated else DeformConv
+    m = cls(16, 8, 3, padding=1, deformable_groups=4, bias=True)
+    x = torch.randn(2, 16, 9, 11, generator=gen)
+    # fractional parts in [0.1, 0.9]: no sample lies within float rounding of a pixel row or column,
+    # where bilinear interpolation has a kink and the two implementations may take either side
+    whole = torch.randint(-3, 4, (2, 72, 9, 11), generator=gen)
+    offset = whole + 0.1 + 0.8 * torch.rand(2, 72, 9, 11, generator=gen)
+    mask = torch.rand(2, 36, 9, 11, generator=gen) if modulated else None
+    tensors = [x, offset] + ([mask] if modulated else [])
+    ours_in = [t.clone().requires_grad_(True) for t in tensors]
+    ref_in = [t.clone().requires_grad_(True) for t in tensors]
+    weight = m.weight.detach().clone().requires_grad_(True)
+    bias = m.bias.detach().clone().requires_grad_(True)
+
+    out = m(*ours_in)
+    assert type(out.grad_fn).__name__ == "SampledGradDeformConv2dBackward"
+    ref = deform_conv2d(*ref_in[:2], weight, bias, (1, 1), (1, 1), (1, 1), ref_in[2] if modulated else None)
+    assert torch.equal(out, ref)  # torchvision's forward, bit for bit
+
+    grad_out = torch.randn(out.shape, generator=gen)
+    ours = torch.autograd.grad(out, [*ours_in, m.weight, m.bias], grad_out)
+    expected = torch.autograd.grad(ref, [*ref_in, weight, bias], grad_out)
+    for name, a, b in zip(["input", "offset", "mask"][: len(tensors)] + ["weight", "bias"], ours, expected):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item(), msg=f"grad wrt {name}")
 
 
 def test_hand_computed_bilinear_and_zero_padding():

