@@ -27,8 +27,8 @@ multi-threaded) and multiplies by the weight (:func:`deform_conv2d_sampled`): th
 torchvision's single-threaded kernel up to float rounding, and faster (multi-threaded). With autograd on
 CPU the forward stays torchvision's (the same values and losses as the authors' kernels) and the
 backward is that of the sampled form (:class:`SampledGradDeformConv2d`): the same gradients up to
-float rounding; a forward and backward step is 2.7-4.3x faster than with torchvision's single-threaded
-CPU backward (2 threads, 64-256 channels).
+float rounding, and a training step several times faster than with torchvision's single-threaded CPU
+backward.
 """
 
 from __future__ import annotations
