@@ -183,3 +183,151 @@ def test_default_workers_bounded_by_the_memory_for_parsed_copies(tmp_path, monke
     with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("results.json", "[]" * 1000)  # 2000 bytes once unpacked, far fewer packed
     assert z.stat().st_size < 200 and commands._affordable_copies(str(z)) == 1
+
+
+# --- the results file read in pieces, one per process (``python -m vis_eval.evaluate``)
+
+RESULT_KEYS = ("video_id", "category_id", "score", "segmentations")
+
+
+def _tricky_results() -> list:
+    """Results whose strings hold what a boundary between elements looks like, nested objects
+    whose first key is a result's, and an element with nothing nested."""
+    rs = []
+    for i in range(12):
+        r = {
+            "video_id": i,
+            "score": 0.5,
+            "category_id": 1,
+            "segmentations": [{"size": [4, 4], "counts": "04" + "\\" * (i % 3) + "]0"}, None],
+        }
+        if i % 4 == 1:
+            r["note"] = '}, {"video_id": 3, "x": "\\"}, {\\"score\\": 1'
+        if i % 4 == 2:
+            r["segmentations"].append({"score": 1, "nested": [{"video_id": 2}, {"video_id": 3}]})
+        if i % 4 == 3:
+            r = {"segmentations": [], "video_id": i, "category_id": 2, "score": 1e-3}
+        rs.append(r)
+    return rs
+
+
+@pytest.mark.parametrize("layout", ["compact", "indented", "zip"])
+def test_json_list_pieces_are_the_whole_list_in_order(tmp_path, layout):
+    from vis_eval.file_io import read_json_list_piece
+
+    rs = _tricky_results()
+    text = json.dumps(rs, indent=2 if layout == "indented" else None)
+    path = tmp_path / "res.json"
+    path.write_text(text)
+    if layout == "zip":
+        path = tmp_path / "res.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("results.json", text)
+    for n in range(1, 6):
+        pieces = [read_json_list_piece(path, k, n, RESULT_KEYS) for k in range(n)]
+        assert sum(pieces, []) == rs, n
+        assert all(len(p) > 0 for p in pieces), n  # a boundary near each k/n point
+    assert read_json_list_piece(tmp_path / "missing.json", 0, 2, RESULT_KEYS) is None
+
+
+def test_json_list_piece_none_unless_the_pieces_are_elements_of_the_list(tmp_path):
+    """A boundary inside a nested list, a file that is not a list, a malformed file: the pieces
+    that do not parse are None (the file is then read whole)."""
+    from vis_eval.file_io import read_json_list_piece
+
+    path = tmp_path / "f.json"
+    like = {key: 1 for key in RESULT_KEYS}  # nested objects that look like results
+    path.write_text(json.dumps({"a": [dict(like, pad="x" * 50) for _ in range(6)]}))
+    assert [read_json_list_piece(path, k, 2, RESULT_KEYS) for k in range(2)] == [None, None]
+    inner = [dict(like, segmentations=[dict(like, pad="y" * 40) for _ in range(8)])]
+    path.write_text(json.dumps(inner))  # boundaries only between the nested objects
+    assert read_json_list_piece(path, 0, 2, RESULT_KEYS) is None
+    top = [dict(like, pad="z" * 40) for _ in range(8)]
+    path.write_text(json.dumps(top))
+    halves = [read_json_list_piece(path, k, 2, RESULT_KEYS) for k in range(2)]
+    assert halves[0] and halves[1] and halves[0] + halves[1] == top
+    path.write_text(json.dumps(_tricky_results())[:-40])  # truncated
+    assert read_json_list_piece(path, 0, 2, RESULT_KEYS) is not None
+    assert read_json_list_piece(path, 1, 2, RESULT_KEYS) is None
+
+
+@needs_fork
+def test_map_without_recompute_gives_none_for_a_failed_child():
+    parent = os.getpid()
+
+    def part(k):
+        if os.getpid() != parent:
+            os._exit(3)
+        return k
+
+    with ForkedWorkers(2) as pool:
+        assert pool.map(part, [0, 1], recompute=False) == [0, None]
+
+
+def _cli(tmp_path, gt, res, workers, capsys):
+    from vis_eval.evaluation.commands import evaluate_main
+
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    out = tmp_path / f"stats-{workers}.json"
+    argv = [
+        str(tmp_path / "gt.json"),
+        str(tmp_path / "res.json"),
+        "--workers",
+        str(workers),
+        "--json",
+        str(out),
+    ]
+    code = evaluate_main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err, json.loads(out.read_text())["stats"] if code == 0 else None
+
+
+@needs_fork
+@pytest.mark.parametrize("config", [0, 4, 5, 6])  # 5: buckets of over 100 results, across pieces
+def test_command_pieces_give_the_reference_stats(config, rle_path, tmp_path, monkeypatch, capsys):
+    """Each process reads and evaluates its piece of the results file; the parent combines them
+    (checked to be the path taken) into the reference's stats, whatever the results' order."""
+    from vis_eval.evaluation import commands
+
+    rng = np.random.default_rng(7000 + config)
+    gt, res = random_gt_and_results(rng, **dict(CONFIGS[config], quirks=False))
+    seen: set = set()  # without the duplicate tracks the command refuses
+    keys = [json.dumps([r["video_id"], r["category_id"], r["segmentations"]]) for r in res]
+    res = [r for r, key in zip(res, keys) if not (key in seen or seen.add(key))]
+    if config == 5:
+        assert max(np.unique([r["video_id"] for r in res], return_counts=True)[1]) > 100
+    if config % 2:
+        res.sort(key=lambda r: r["video_id"])  # as written video by video
+    ref = reference_evaluate(gt, res).as_dict()
+    combined = []
+    real = commands.PieceEvaluation.combine
+    monkeypatch.setattr(
+        commands.PieceEvaluation, "combine", lambda self, w: combined.append(len(w)) or real(self, w)
+    )
+    for workers in (2, 3):
+        code, err, stats = _cli(tmp_path, gt, res, workers, capsys)
+        assert code == 0, err
+        assert stats.keys() == ref.keys() and all(abs(stats[k] - ref[k]) <= 1e-12 for k in ref)
+    assert combined == [2, 3]
+
+
+@needs_fork
+@pytest.mark.parametrize(
+    "problem", ["duplicate across pieces", "bad score in the last piece", "malformed mask"]
+)
+def test_command_pieces_report_problems_as_one_process(problem, tmp_path, capsys):
+    gt, res = random_gt_and_results(np.random.default_rng(12), quirks=False, n_videos=8, gt_per_video=(1, 3))
+    k = next(i for i, r in enumerate(res) if any(r["segmentations"]))
+    if problem == "duplicate across pieces":
+        res.append(dict(res[k], score=0.25))
+    elif problem == "bad score in the last piece":
+        res[-1] = dict(res[-1], score=float("nan"))
+    else:
+        j = max(i for i, r in enumerate(res) if any(r["segmentations"]))
+        t = next(t for t, s in enumerate(res[j]["segmentations"]) if s)
+        s = res[j]["segmentations"][t]
+        res[j]["segmentations"][t] = {"size": s["size"], "counts": s["counts"] + "1"}
+    one = _cli(tmp_path, gt, res, 1, capsys)
+    assert one[0] == 2
+    assert _cli(tmp_path, gt, res, 2, capsys) == one

@@ -16,7 +16,7 @@ Whole processes (``--whole-process``): writes a 300-video ``busy`` file (about 1
 the official baseline process (``--official-process GT RESULTS``: imports numpy and pycocotools,
 ``json.load`` of both files, the plain transcription of the official algorithm) and
 ``python -m vis_eval.evaluate GT RESULTS --json OUT`` pure (``VIS_EVAL_PURE=1``) and accelerated,
-each with its default worker processes (the pure path also with ``--workers 1``: ``pure-1``),
+each with its default worker processes and with ``--workers 1`` (``pure-1``, ``accelerated-1``),
 checks that the 12 stats are equal and prints the median wall-clock and CPU (user + system, all
 processes) times and their ratios, the load averages, and the time of
 ``python -m vis_eval.evaluate --help``. Bytecode caches are written first, as after an install::
@@ -165,13 +165,10 @@ def whole_process(out_dir: str, rounds: int, regimes: list[str]) -> int:
     from vis_eval.evaluation.workers import default_workers
 
     workers = default_workers()
-    print(
-        f"worker processes of python -m vis_eval.evaluate (its defaults here): pure path {workers}, "
-        "with the accelerator 1"
-    )
+    print(f"worker processes of python -m vis_eval.evaluate (its default here): {workers}")
     variants = ["official", "pure"] + (["pure-1"] if workers > 1 else [])
     if rle_accel.available():
-        variants += ["accelerated"]
+        variants += ["accelerated"] + (["accelerated-1"] if workers > 1 else [])
     else:
         print("the C accelerator is not built: timing the pure path only")
     status = 0
@@ -186,11 +183,12 @@ def whole_process(out_dir: str, rounds: int, regimes: list[str]) -> int:
             "pure": (ours, pure_env),
             "pure-1": ([*ours, "--workers", "1"], pure_env),
             "accelerated": (ours, accel_env),
+            "accelerated-1": ([*ours, "--workers", "1"], accel_env),
         }
         times: dict[str, list[float]] = {v: [] for v in variants}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
         load_before = _load_avg()
-        for _ in range(rounds):  # interleaved: official, pure, pure-1, accelerated, official, ...
+        for _ in range(rounds):  # interleaved: official, pure, pure-1, accelerated, ..., official, ...
             for v in variants:
                 cmd, env = cmds[v]
                 wall, used = _run_cpu([*cmd, "--json", outs[v]], env)

@@ -12,12 +12,13 @@ import contextlib
 import gc
 import json
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["gc_paused", "read_json"]
+__all__ = ["gc_paused", "read_json", "read_json_list_piece"]
 
 
 def _zip_json_member(path: str) -> tuple[str, bytes]:
@@ -57,6 +58,69 @@ def _parse(data: str | bytes) -> Any:
     """``json.loads`` with the garbage collector paused (millions of small objects, no cycles)."""
     with gc_paused():
         return json.loads(data)
+
+
+def _read_bytes(path: str) -> tuple[str, bytes]:
+    """(name for messages, bytes) of a local file or of the JSON member of a zip archive."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"JSON file not found: {path}")
+    if zipfile.is_zipfile(path):
+        member, data = _zip_json_member(path)
+        return f"{path}:{member}", data
+    with open(path, "rb") as f:
+        return path, f.read()
+
+
+def _holds_keys(data: bytes, start: int, keys: tuple[str, ...]) -> bool:
+    """Whether the JSON value at ``data[start:]`` is an object with all ``keys`` (parsed alone)."""
+    decoder = json.JSONDecoder()
+    size = 1 << 16
+    while True:
+        try:
+            value, _ = decoder.raw_decode(data[start : start + size].decode("utf-8", "replace"))
+        except ValueError:  # cut short by the window, or not JSON
+            if start + size >= len(data):
+                return False
+            size *= 4
+            continue
+        return isinstance(value, dict) and all(k in value for k in keys)
+
+
+def read_json_list_piece(path: str | os.PathLike, k: int, n: int, keys: tuple[str, ...]) -> list | None:
+    """Piece ``k`` of ``n`` of the JSON list of objects in ``path`` (a local file or zip archive):
+    the elements between the boundaries found after the ``k/n`` points of the file, in order.
+
+    A boundary is a ``}`` and ``,`` followed by an object that starts with one of ``keys`` and
+    holds them all (nested objects normally do not). None when this piece does not parse (a
+    boundary was not between elements of the list, the file is malformed or not a list): the file
+    is then read whole. Piece ``k`` parsing proves that its end boundary lies between top-level
+    elements (the parser's state there is the whole file's), so when pieces ``0 .. n-1`` all
+    parse, together they are exactly the file's list.
+    """
+    try:
+        _, data = _read_bytes(os.fspath(path))
+    except (OSError, ValueError):
+        return None
+    first = b"|".join(re.escape(key.encode()) for key in keys)
+    boundary = re.compile(rb'\}\s*,\s*(?=\{\s*"(?:' + first + rb')"\s*:)')
+    cuts: list[tuple[int, int]] = []  # (end of the element before, start of the one after)
+    for j in range(1, n):
+        pos = max(len(data) * j // n, cuts[-1][1] if cuts else 0)
+        m = next((m for m in boundary.finditer(data, pos) if _holds_keys(data, m.end(), keys)), None)
+        if m is None:
+            break
+        cuts.append((m.start() + 1, m.end()))
+    if k > len(cuts):  # fewer boundaries than pieces: the last ones are empty
+        return []
+    end = cuts[k][0] if k < len(cuts) else len(data)
+    text = data[:end] if k == 0 else b"[" + data[cuts[k - 1][1] : end]
+    if k < len(cuts):
+        text += b"]"
+    try:
+        piece = _parse(text)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        return None
+    return piece if isinstance(piece, list) else None
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -145,9 +145,6 @@ def decode_counts(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarra
     return counts, offsets
 
 
-_SIGNED5 = np.array([c - 32 * (c >= 16) for c in range(32)] + [0] * 224, np.int32)
-
-
 def join_counts(strings: Sequence[str | bytes]) -> tuple[bytes, np.ndarray, np.ndarray]:
     """Many compressed RLE ``counts`` strings as one ASCII buffer: ``(buffer, offsets, ascii)``.
 
@@ -225,7 +222,8 @@ def _run_sums(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, n
         u[truncated] = 0
     is_end = u < 32
     cont = np.flatnonzero(~is_end)  # continuation characters (a few per cent)
-    x = _SIGNED5[u[is_end]]  # one-character numbers: 4 value bits and a sign bit
+    # one-character numbers: 4 value bits and a sign bit; (c ^ 16) - 16 sign-extends 5 bits
+    x = ((u[is_end] ^ np.uint8(16)).view(np.int8) - np.int8(16)).astype(np.int32)
     runs = off - np.searchsorted(cont, off)  # first number of each string
     if cont.size:
         # numbers of several characters: number index of each continuation character

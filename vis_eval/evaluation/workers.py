@@ -91,16 +91,18 @@ class ForkedWorkers:
     def is_child(self) -> bool:
         return self.rank > 0
 
-    def map(self, fn: Callable[[Any], Any], parts: Sequence[Any]) -> list[Any]:
+    def map(self, fn: Callable[[Any], Any], parts: Sequence[Any], recompute: bool = True) -> list[Any]:
         """``[fn(part) for part in parts]``, part ``k`` computed by the process of rank ``k`` when
         there is one (in a child, this call does not return). A part whose child failed or gave
-        a different part is computed here, so errors surface here with their usual traceback."""
+        a different part is computed here, so errors surface here with their usual traceback;
+        with ``recompute=False`` (parts that only their own process can compute) it is None."""
         if self.is_child:
             self._child_map(fn, parts)
         out = [fn(parts[0])] if parts else []
         for k in range(1, len(parts)):
             got = self._collect(k)
-            out.append(got[1] if got is not None and got[0] == parts[k] else fn(parts[k]))
+            ok = got is not None and got[0] == parts[k]
+            out.append(got[1] if ok else fn(parts[k]) if recompute else None)
         self.close()
         return out
 

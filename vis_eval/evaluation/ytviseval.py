@@ -24,10 +24,15 @@ YouTube-VIS API), organised for speed:
   size differs from the video's take a slow exact path with ``mask_util.merge`` (both paths). Boxes
   of results are never computed (segm evaluation does not use them).
 * The cyclic garbage collector is paused during the evaluation (many small containers, no cycles).
-* Workers (``workers``): the mask work above is independent per video; it is split into ranges of
-  videos with about equal numbers of frame entries, one per process
-  (:class:`~vis_eval.evaluation.workers.ForkedWorkers`), each sending back its videos' mean areas
-  and IoU matrices; the rest runs in this process. Same numbers with any number of workers.
+* Parts: the mask work above is independent per result track. Each part of the results computes
+  its kept tracks (the ``max_dets[-1]`` best of each (video, category) within the part) against
+  the GT tracks of their buckets: their mean areas and IoU rows; the parent merges the parts,
+  keeps the best tracks over all of them and assembles the IoU matrices. ``workers``: parts are
+  ranges of videos with about equal numbers of frame entries, one per process
+  (:class:`~vis_eval.evaluation.workers.ForkedWorkers`); :class:`PieceEvaluation`: the pieces of a
+  results file read in pieces, one per process (``python -m vis_eval.evaluate``). Each process
+  also does the GT-only work (malformed GT masks, GT mean areas) of one range of videos. Same
+  numbers with any number of parts.
 * Matching: the greedy per-threshold matcher runs once per result rank over all buckets, area ranges
   and IoU thresholds at once (buckets padded to a power of two of their GT count).
 * Accumulation: one lexicographic sort of all results, then per maxDets the cumulative sums of all
@@ -55,7 +60,7 @@ from ..rle_accel import get as get_accel
 from .params import EvalParams, EvalResult, prepare_inputs, summarize
 from .workers import ForkedWorkers
 
-__all__ = ["evaluate"]
+__all__ = ["PieceEvaluation", "evaluate"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +125,19 @@ class _Entries:
         self.malformed = np.flatnonzero(~well_formed | (total != pixels))
         self.start = np.searchsorted(self.owner, np.arange(len(segms) + 1))
 
-    def first_malformed(self, track_ids: np.ndarray) -> tuple[int, int, int]:
-        """(number of malformed entries, id of the first one's track in ``track_ids``, its frame),
-        or (0, -1, -1)."""
-        if not self.malformed.size:
+    def malformed_tracks(
+        self, track_keys: np.ndarray, counted: np.ndarray | None = None
+    ) -> tuple[int, int, int]:
+        """(number of malformed entries of the ``counted`` tracks (bool per track; None: all),
+        ``track_keys`` value of the first of them by (key, frame), its frame), or (0, -1, -1)."""
+        e = self.malformed
+        if counted is not None:
+            e = e[counted[self.owner[e]]]
+        if not e.size:
             return 0, -1, -1
-        e = int(self.malformed[0])
-        return int(self.malformed.size), int(track_ids[self.owner[e]]), int(self.t[e])
+        keys = track_keys[self.owner[e]]
+        j = int(np.lexsort((self.t[e], keys))[0])
+        return int(e.size), int(keys[j]), int(self.t[e[j]])
 
     def prefix_area(self, tracks: np.ndarray, length: np.ndarray) -> np.ndarray:
         """Per query: the summed area of the entries of ``tracks[i]`` in frames ``< length[i]``."""
@@ -336,7 +347,7 @@ def _bucket_ious(
     g: _Entries,
     buckets: list[tuple[list[int], list[int]]],
     bucket_video: np.ndarray,
-) -> tuple[np.ndarray, int, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Video IoU matrices (spec §4.4) of the (video, category) buckets holding results and GT,
     flattened: bucket after bucket, each [D, G] row-major.
 
@@ -348,12 +359,12 @@ def _bucket_ious(
     hence ``I = IoU (a_d + a_g) / (1 + IoU)`` to a few ulps); intersections are summed per track
     pair with a ``bincount`` and the video union is the sum of both tracks' areas over the zipped
     frames (prefix sums up to the shorter length) minus the intersection. Masks whose size differs
-    from their video's are handled per pair with ``mask_util.merge``. Also returns the numbers of
-    size-mismatched frame pairs and of pairs with a zero union.
+    from their video's are handled per pair with ``mask_util.merge``. Also returns, per pair, its
+    number of size-mismatched frames and whether its union is empty.
     """
     n_b = len(buckets)
     if n_b == 0:
-        return np.zeros(0), 0, 0
+        return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, bool)
     nd_b = np.array([len(di) for di, _ in buckets], np.int64)
     ng_b = np.array([len(gi) for _, gi in buckets], np.int64)
     off = np.r_[0, np.cumsum(nd_b * ng_b)]
@@ -467,7 +478,7 @@ def _bucket_ious(
     inter = inter.astype(np.int64)
     # masks of another size than the video's: exact per pair (rare)
     mismatch = np.zeros(n_pairs, np.int64)  # a_d + a_g of frames where both exist with different sizes
-    n_mismatch = 0
+    n_mismatch = np.zeros(n_pairs, np.int64)  # such frames per pair
     odd_d = np.flatnonzero(~d.regular & (d_key >= 0))
     odd_g = np.flatnonzero(~g.regular & (g_key >= 0))
     if odd_d.size or odd_g.size:
@@ -487,7 +498,7 @@ def _bucket_ious(
                 inter[k] += int(mask_util.area(mask_util.merge([rd, rg], intersect=True)))
             else:
                 mismatch[k] += d.area[e] + g.area[f]
-                n_mismatch += 1
+                n_mismatch[k] += 1
     # union over the zipped frames: both tracks' areas up to the shorter length, minus I
     pb = np.repeat(np.arange(n_b), nd_b * ng_b)
     local = np.arange(n_pairs) - off[pb]
@@ -502,22 +513,160 @@ def _bucket_ious(
     pos = union > 0
     ious = np.zeros(n_pairs)
     ious[pos] = inter[pos] / union[pos]
-    return ious, n_mismatch, int(np.count_nonzero(~pos))
+    return ious, n_mismatch, ~pos
 
 
-class _MaskWork(NamedTuple):
-    """The mask work of the tracks of some videos: per side (results, GT) ``first_malformed``; the
-    mean truthy areas of their result / GT tracks; the flattened IoU matrices of their buckets."""
+class _GroundTruth(NamedTuple):
+    """What every process derives from the ground truth (identical in all of them)."""
 
-    malformed: list[tuple[int, int, int]]
+    p: EvalParams
+    vid_ids: list
+    cat_ids: list
+    vorder: dict
+    corder: dict
+    sizes: list  # (H, W) per video order index
+    anns: list[dict]  # GT tracks of the evaluated videos and categories, in load order
+    vid: np.ndarray  # [NG] video order index
+    cat: np.ndarray  # [NG] category order index
+    crowd: np.ndarray  # [NG]
+    bucket: dict  # (video, category) order indices -> GT track indices (load order)
+
+
+def _ground_truth(p: EvalParams, gt: dict, videos: dict, vid_ids: list, cat_ids: list) -> _GroundTruth:
+    vorder = {v: i for i, v in enumerate(vid_ids)}
+    corder = {c: k for k, c in enumerate(cat_ids)}
+    anns, g_v, g_k = [], [], []
+    for ann in gt.get("annotations") or []:
+        v, k = vorder.get(ann["video_id"]), corder.get(ann["category_id"])
+        if v is not None and k is not None:
+            anns.append(ann)
+            g_v.append(v)
+            g_k.append(k)
+    bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for j, vk in enumerate(zip(g_v, g_k)):
+        bucket[vk].append(j)
+    return _GroundTruth(
+        p,
+        vid_ids,
+        cat_ids,
+        vorder,
+        corder,
+        [(videos[v]["height"], videos[v]["width"]) for v in vid_ids],
+        anns,
+        np.array(g_v, np.int64),
+        np.array(g_k, np.int64),
+        np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
+        dict(bucket),
+    )
+
+
+_PART_SHIFT = 40  # a result's load key: part << _PART_SHIFT | its index in the part
+
+
+class _PartWork(NamedTuple):
+    """The mask work of one part of the results (a range of videos, or a piece of a split file)
+    and of the GT tracks of one range of videos.
+
+    Per kept result (the ``max_dets[-1]`` best of its (video, category) in the part): ``load`` key
+    (file order), video / category order index, score, mean truthy area, start of its IoU row in
+    ``ious`` (-1 when its bucket has no GT; the row has one entry per GT track of the bucket).
+    Per IoU entry: its number of size-mismatched frames and whether its union is empty. ``g_avg``:
+    mean truthy areas of the GT tracks of videos ``g_range``. ``malformed``: per side,
+    ``(count, load key or GT index of the first, its frame)``.
+    """
+
+    n_results: int
+    load: np.ndarray
+    vid: np.ndarray
+    cat: np.ndarray
+    score: np.ndarray
     d_avg: np.ndarray
-    g_avg: np.ndarray
+    row: np.ndarray
     ious: np.ndarray
-    n_mismatch: int
-    n_zero: int
+    n_mismatch: np.ndarray
+    zero: np.ndarray
+    g_range: tuple[int, int]
+    g_avg: np.ndarray
+    malformed: list[tuple[int, int, int]]
 
 
 _MASKS_PER_WORKER = 20000  # a worker process pays off from about this many masks
+
+
+def _result_keys(g: _GroundTruth, results: list) -> tuple[np.ndarray, np.ndarray]:
+    """Video and category order indices of ``results`` (-1: not evaluated)."""
+    n = len(results)
+    r_vid = np.fromiter(map(g.vorder.get, map(_VIDEO_ID, results), itertools.repeat(-1)), np.int64, n)
+    r_cat = np.fromiter(map(g.corder.get, map(_CATEGORY_ID, results), itertools.repeat(-1)), np.int64, n)
+    return r_vid, r_cat
+
+
+def _keep_best(
+    vid: np.ndarray, cat: np.ndarray, score: np.ndarray, load: np.ndarray, max_det: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, rank) of the ``max_det`` best results of each (video, category), in (video,
+    category, rank) order; ties of score keep the load order."""
+    order = np.lexsort((load, -score, cat, vid))
+    bucket_key = vid[order] * (int(cat.max(initial=0)) + 1) + cat[order]
+    starts = np.flatnonzero(np.r_[True, bucket_key[1:] != bucket_key[:-1]]) if order.size else order
+    rank = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size]))
+    return order[rank < max_det], rank[rank < max_det]
+
+
+def _part_work(
+    g: _GroundTruth,
+    results: list,
+    part: int,
+    select: np.ndarray | None,
+    g_range: tuple[int, int],
+) -> _PartWork:
+    """The mask work of ``results`` (those of indices ``select``; all: None), part number ``part``,
+    against the GT tracks of their buckets, and of the GT tracks of videos ``g_range``."""
+    rs = results if select is None else list(map(results.__getitem__, select.tolist()))
+    local = np.arange(len(results)) if select is None else select
+    r_vid, r_cat = _result_keys(g, rs)
+    pos = np.flatnonzero((r_vid >= 0) & (r_cat >= 0))
+    d_score = np.array([rs[i]["score"] for i in pos.tolist()], np.float64).reshape(-1)
+    d_load = (np.int64(part) << _PART_SHIFT) + local[pos]
+    keep, _ = _keep_best(r_vid[pos], r_cat[pos], d_score, d_load, g.p.max_dets[-1])
+    pos, d_score, d_load = pos[keep], d_score[keep], d_load[keep]
+    d_vid, d_cat = r_vid[pos], r_cat[pos]
+    d_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, vk in enumerate(zip(d_vid.tolist(), d_cat.tolist())):  # in rank order
+        d_bucket[vk].append(i)
+    keys = sorted(k for k in d_bucket if k in g.bucket)
+    lo, hi = g_range
+    own = (g.vid >= lo) & (g.vid < hi)
+    touched = [g.bucket[k] for k in keys]
+    g_idx = np.union1d(np.flatnonzero(own), np.concatenate(touched) if touched else [])
+    g_idx = g_idx.astype(np.int64)
+    accel = get_accel()
+    d_ent = _Entries(
+        [rs[i]["segmentations"] for i in pos.tolist()], [g.sizes[v] for v in d_vid.tolist()], accel
+    )
+    g_ent = _Entries(
+        [g.anns[j]["segmentations"] for j in g_idx.tolist()],
+        [g.sizes[v] for v in g.vid[g_idx].tolist()],
+        accel,
+    )
+    # every malformed mask of this process stops it before any IoU; each side counts its own
+    malformed = [d_ent.malformed_tracks(d_load), g_ent.malformed_tracks(g_idx, own[g_idx])]
+    empty = np.zeros(0)
+    n_res = len(results)
+    if d_ent.malformed.size or g_ent.malformed.size:
+        return _PartWork(n_res, *([empty] * 9), g_range, empty, malformed)
+    lists = [(d_bucket[k], np.searchsorted(g_idx, g.bucket[k]).tolist()) for k in keys]
+    ious, n_mismatch, zero = _bucket_ious(d_ent, g_ent, lists, np.array([v for v, _ in keys], np.int64))
+    row = np.full(len(d_vid), -1, np.int64)
+    start = 0
+    for di, gi in lists:
+        row[di] = start + len(gi) * np.arange(len(di))
+        start += len(di) * len(gi)
+    g_avg = g_ent.mean_truthy_area(len(g_idx))[own[g_idx]]
+    d_avg = d_ent.mean_truthy_area(len(d_vid))
+    return _PartWork(
+        n_res, d_load, d_vid, d_cat, d_score, d_avg, row, ious, n_mismatch, zero, g_range, g_avg, malformed
+    )
 
 
 def _video_parts(
@@ -527,16 +676,19 @@ def _video_parts(
     g_vid: np.ndarray,
     n_videos: int,
     workers: int,
+    masks_per_worker: int | None = None,
 ) -> list[tuple[int, int]]:
     """Ranges ``[lo, hi)`` of video order indices with about equal numbers of frame entries, one
-    per worker (fewer when there is too little work to share)."""
+    per worker (fewer when there are under ``masks_per_worker`` per worker, default
+    ``_MASKS_PER_WORKER``)."""
     if workers <= 1:
         return [(0, n_videos)]
     frames = np.zeros(n_videos)  # (bincount of no entries gives integers)
     frames += np.bincount(d_vid, np.fromiter(map(len, d_segms), np.float64, len(d_segms)), n_videos)
     frames += np.bincount(g_vid, np.fromiter(map(len, g_segms), np.float64, len(g_segms)), n_videos)
     total = float(frames.sum())
-    n = max(1, min(int(workers), int(total // _MASKS_PER_WORKER), n_videos))
+    per_worker = _MASKS_PER_WORKER if masks_per_worker is None else masks_per_worker
+    n = max(1, min(int(workers), int(total // max(per_worker, 1)), n_videos))
     if n == 1:
         return [(0, n_videos)]
     cuts = np.searchsorted(np.cumsum(frames), total * np.arange(1, n) / n).tolist()
@@ -613,139 +765,116 @@ def evaluate(
         workers: processes for the mask work (decoding, areas, intersections), split by video:
             a number (this process and ``workers - 1`` children forked here, Linux only) or a
             :class:`~vis_eval.evaluation.workers.ForkedWorkers` forked before the inputs were
-            read (what ``python -m vis_eval.evaluate`` does). The numbers do not depend on it.
+            read. The numbers do not depend on it.
             Forking copies only the calling thread: use more than 1 from a process whose other
             threads hold no locks the evaluation needs (a command, a notebook; not from inside a
             multi-threaded server).
     """
     with gc_paused():  # the evaluation builds many small containers; none of them cyclic
+        p, gt, results, videos, vid_ids, cat_ids = prepare_inputs(gt, results, params)
+        g = _ground_truth(p, gt, videos, vid_ids, cat_ids)
         if isinstance(workers, ForkedWorkers):
-            return _evaluate(*prepare_inputs(gt, results, params), workers=workers)
+            return _evaluate_by_video(g, results, workers)
         with ForkedWorkers(workers) as pool:
-            return _evaluate(*prepare_inputs(gt, results, params), workers=pool)
+            return _evaluate_by_video(g, results, pool)
 
 
-def _evaluate(
-    p: EvalParams,
-    gt: dict,
-    results: list,
-    videos: dict,
-    vid_ids: list,
-    cat_ids: list,
-    workers: ForkedWorkers,
-) -> EvalResult:
-    vorder = {v: i for i, v in enumerate(vid_ids)}
-    corder = {c: k for k, c in enumerate(cat_ids)}
+def _evaluate_by_video(g: _GroundTruth, results: list, workers: ForkedWorkers) -> EvalResult:
+    r_vid, r_cat = _result_keys(g, results)
+    ev = np.flatnonzero((r_vid >= 0) & (r_cat >= 0))
+    parts = _video_parts(
+        [results[i]["segmentations"] for i in ev.tolist()],
+        r_vid[ev],
+        [a["segmentations"] for a in g.anns],
+        g.vid,
+        len(g.vid_ids),
+        workers.size,
+    )
+
+    def work(videos: tuple[int, int]) -> _PartWork:
+        """The mask work of the results and GT tracks of videos ``[lo, hi)`` (video order indices)."""
+        lo, hi = videos
+        return _part_work(g, results, 0, ev[(r_vid[ev] >= lo) & (r_vid[ev] < hi)], videos)
+
+    return _combine(g, workers.map(work, parts))
+
+
+class PieceEvaluation:
+    """The evaluation of a results file read in ``n`` pieces, one per process (what ``python -m
+    vis_eval.evaluate`` does): process ``k`` reads piece ``k`` (consecutive results of the file,
+    in order) and computes :meth:`work` on it; the parent :meth:`combine` s the works of all pieces.
+    Each process also does the GT-only work (mean areas, malformed masks) of one range of videos,
+    a split that follows from the GT alone. The numbers are those of :func:`evaluate` on the
+    whole file.
+    """
+
+    def __init__(self, gt: dict, n: int, params: EvalParams | None = None) -> None:
+        with gc_paused():
+            p, gt, _, videos, vid_ids, cat_ids = prepare_inputs(gt, [], params)
+            self.g = _ground_truth(p, gt, videos, vid_ids, cat_ids)
+            g_segms = [a["segmentations"] for a in self.g.anns]
+            v = len(vid_ids)
+            self.g_ranges = _video_parts([], self.g.vid[:0], g_segms, self.g.vid, v, n, masks_per_worker=1)
+            self.g_ranges += [(v, v)] * (n - len(self.g_ranges))
+
+    def work(self, piece: list, k: int) -> _PartWork:
+        """The mask work of piece ``k`` (results already checked: known videos, the fields)."""
+        with gc_paused():
+            return _part_work(self.g, piece, k, None, self.g_ranges[k])
+
+    def combine(self, works: list[_PartWork]) -> EvalResult:
+        """The evaluation from the works of pieces ``0 .. n-1``, in order."""
+        with gc_paused():
+            return _combine(self.g, works)
+
+
+def _combine(g: _GroundTruth, work: list[_PartWork]) -> EvalResult:
+    """The evaluation from the mask work of all parts (spec §4.5-4.6)."""
+    p, vid_ids, cat_ids = g.p, g.vid_ids, g.cat_ids
     n_thr, n_rec, n_cat = len(p.iou_thrs), len(p.rec_thrs), len(cat_ids)
     n_area, n_md = len(p.area_rngs), len(p.max_dets)
-    max_det = p.max_dets[-1]
-    sizes = [(videos[v]["height"], videos[v]["width"]) for v in vid_ids]
-
-    # --- GT tracks of the evaluated videos and categories
-    g_anns, g_v, g_k = [], [], []
-    for ann in gt.get("annotations") or []:
-        v, k = vorder.get(ann["video_id"]), corder.get(ann["category_id"])
-        if v is not None and k is not None:
-            g_anns.append(ann)
-            g_v.append(v)
-            g_k.append(k)
-    g_vid, g_cat = np.array(g_v, np.int64), np.array(g_k, np.int64)
-    g_crowd = np.array([bool(a.get("iscrowd", 0)) for a in g_anns], bool)
-
-    # --- results: keep the max_det best per (video, category) in stable score order
-    n_res = len(results)
-    r_vid = np.fromiter(map(vorder.get, map(_VIDEO_ID, results), itertools.repeat(-1)), np.int64, n_res)
-    r_cat = np.fromiter(map(corder.get, map(_CATEGORY_ID, results), itertools.repeat(-1)), np.int64, n_res)
-    d_load = np.flatnonzero((r_vid >= 0) & (r_cat >= 0))
-    d_vid, d_cat = r_vid[d_load], r_cat[d_load]
-    d_score = np.array([results[i]["score"] for i in d_load.tolist()], np.float64).reshape(-1)
-    order = np.lexsort((d_load, -d_score, d_cat, d_vid))
-    bucket_key = d_vid[order] * max(n_cat, 1) + d_cat[order]
-    starts = np.flatnonzero(np.r_[True, bucket_key[1:] != bucket_key[:-1]]) if order.size else order
-    rank = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size]))
-    keep = order[rank < max_det]
-    d_rank = rank[rank < max_det]
-    d_vid, d_cat, d_score, d_load = d_vid[keep], d_cat[keep], d_score[keep], d_load[keep]
-    n_det, n_gt = len(d_vid), len(g_vid)
-    d_segms = [results[i]["segmentations"] for i in d_load.tolist()]
-    # --- (video, category) buckets; the mask work (areas, IoUs) split by video over the workers
-    g_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for j, (v, k) in enumerate(zip(g_vid.tolist(), g_cat.tolist())):
-        g_bucket[v, k].append(j)
-    d_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, (v, k) in enumerate(zip(d_vid.tolist(), d_cat.tolist())):  # already in rank order
-        d_bucket[v, k].append(i)
-    keys = sorted(k for k in d_bucket if k in g_bucket)
-    bucket_video = np.array([v for v, _ in keys], np.int64)
-    g_segms = [a["segmentations"] for a in g_anns]
-    accel = get_accel()
-
-    def mask_work(videos: tuple[int, int]) -> _MaskWork:
-        """The mask work of the tracks of videos ``[lo, hi)`` (video order indices)."""
-        lo, hi = videos
-        d_idx = np.arange(*np.searchsorted(d_vid, videos))  # results are sorted by video
-        g_idx = np.flatnonzero((g_vid >= lo) & (g_vid < hi))
-        d_ent = _Entries(
-            [d_segms[i] for i in d_idx.tolist()], [sizes[v] for v in d_vid[d_idx].tolist()], accel
-        )
-        g_ent = _Entries(
-            [g_segms[j] for j in g_idx.tolist()], [sizes[v] for v in g_vid[g_idx].tolist()], accel
-        )
-        malformed = [ent.first_malformed(idx) for ent, idx in ((d_ent, d_idx), (g_ent, g_idx))]
-        if malformed[0][0] or malformed[1][0]:
-            return _MaskWork(malformed, np.zeros(0), np.zeros(0), np.zeros(0), 0, 0)
-        b0, b1 = np.searchsorted(bucket_video, videos).tolist()
-        lists = [
-            ((np.asarray(d_bucket[key]) - d_idx[:1]).tolist(), np.searchsorted(g_idx, g_bucket[key]).tolist())
-            for key in keys[b0:b1]
-        ]
-        ious, n_mismatch, n_zero = _bucket_ious(d_ent, g_ent, lists, bucket_video[b0:b1])
-        return _MaskWork(
-            malformed,
-            d_ent.mean_truthy_area(len(d_idx)),
-            g_ent.mean_truthy_area(len(g_idx)),
-            ious,
-            n_mismatch,
-            n_zero,
-        )
-
-    parts = _video_parts(d_segms, d_vid, g_segms, g_vid, len(vid_ids), workers.size)
-    work = workers.map(mask_work, parts)
+    offsets = np.cumsum([0] + [w.n_results for w in work])  # of the pieces of a split file
     for side, what in enumerate(("result", "annotation")):
         found = [w.malformed[side] for w in work if w.malformed[side][0]]
         if found:
-            _, i, t = min(found, key=lambda f: f[1:])
-            name = f"result #{int(d_load[i])}" if what == "result" else f"annotation id {g_anns[i].get('id')}"
+            first = [
+                (int(offsets[k >> _PART_SHIFT]) + (k & ((1 << _PART_SHIFT) - 1)) if side == 0 else k, t)
+                for _, k, t in found
+            ]
+            i, t = min(first)
+            name = f"result #{i}" if what == "result" else f"annotation id {g.anns[i].get('id')}"
             raise ValueError(
                 f"{sum(f[0] for f in found)} malformed {what} mask(s): their RLE runs do not cover their "
                 f"H x W pixels (first: {name}, frame {t})"
             )
 
-    # --- average areas (spec §4.2): mean of the truthy per-frame areas; GT areas from the JSON
-    d_avg = np.concatenate([w.d_avg for w in work])
-    g_rle_avg = np.zeros(n_gt)
-    for (lo, hi), w in zip(parts, work):
-        g_rle_avg[(g_vid >= lo) & (g_vid < hi)] = w.g_avg
-    g_avg = np.zeros(n_gt)
-    for j, ann in enumerate(g_anns):
-        areas = ann.get("areas")
-        if areas is None:  # not in the JSON: fall back to the mask areas
-            g_avg[j] = g_rle_avg[j]
-        else:
-            truthy = list(filter(None, areas))
-            if truthy and set(map(type, truthy)) == {int}:
-                g_avg[j] = sum(truthy) / len(truthy)  # exact sum: same value as np.mean
-            else:
-                g_avg[j] = float(np.mean(truthy)) if truthy else 0.0
+    # --- the max_dets[-1] best results per (video, category) over all parts
+    cat = np.concatenate([w.cat for w in work])
+    vid = np.concatenate([w.vid for w in work])
+    score = np.concatenate([w.score for w in work])
+    load = np.concatenate([w.load for w in work])
+    ious_base = np.cumsum([0] + [w.ious.size for w in work])[:-1]
+    row = np.concatenate([np.where(w.row >= 0, w.row + b, -1) for w, b in zip(work, ious_base)])
+    keep, d_rank = _keep_best(vid, cat, score, load, p.max_dets[-1])
+    d_vid, d_cat, d_score, d_row = vid[keep], cat[keep], score[keep], row[keep]
+    d_avg = np.concatenate([w.d_avg for w in work])[keep]
+    n_det, n_gt = len(d_vid), len(g.vid)
 
-    # --- IoU of the buckets with both results and GT
-    bucket_lists = [(d_bucket[key], g_bucket[key]) for key in keys]
-    sizes_b = [len(di) * len(gi) for di, gi in bucket_lists]
-    flat = np.concatenate([w.ious for w in work])
-    cuts = np.cumsum(sizes_b)[:-1].tolist()
+    # --- IoU of the buckets with both results and GT: the rows of the kept results
+    d_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, vk in enumerate(zip(d_vid.tolist(), d_cat.tolist())):  # (video, category, rank) order
+        d_bucket[vk].append(i)
+    keys = sorted(k for k in d_bucket if k in g.bucket)
+    bucket_lists = [(d_bucket[k], g.bucket[k]) for k in keys]
+    has = d_row >= 0
+    n_cols = np.array([len(g.bucket[k]) for k in keys for _ in d_bucket[k]], np.int64)
+    col = np.arange(int(n_cols.sum())) - np.repeat(np.cumsum(n_cols) - n_cols, n_cols)
+    take = np.repeat(d_row[has], n_cols) + col
+    flat = np.concatenate([w.ious for w in work])[take]
+    n_mismatch = int(np.concatenate([w.n_mismatch for w in work])[take].sum())
+    n_zero = int(np.count_nonzero(np.concatenate([w.zero for w in work])[take]))
+    cuts = np.cumsum([len(di) * len(gi) for di, gi in bucket_lists])[:-1].tolist()
     blocks = [m.reshape(len(di), len(gi)) for m, (di, gi) in zip(np.split(flat, cuts), bucket_lists)]
-    n_mismatch = sum(w.n_mismatch for w in work)
-    n_zero = sum(w.n_zero for w in work)
     pairs = [(m, np.array(di), np.array(gi)) for m, (di, gi) in zip(blocks, bucket_lists)]
     bucket_ious = {(vid_ids[v], cat_ids[k]): m for (v, k), m in zip(keys, blocks)}
     if n_mismatch:
@@ -756,6 +885,24 @@ def _evaluate(
         )
     if n_zero:
         logger.info("%d (result, GT) pairs have an empty video union (IoU set to 0).", n_zero)
+
+    # --- average areas (spec §4.2): mean of the truthy per-frame areas; GT areas from the JSON
+    g_rle_avg = np.zeros(n_gt)
+    for w in work:
+        lo, hi = w.g_range
+        g_rle_avg[(g.vid >= lo) & (g.vid < hi)] = w.g_avg
+    g_avg = np.zeros(n_gt)
+    for j, ann in enumerate(g.anns):
+        areas = ann.get("areas")
+        if areas is None:  # not in the JSON: fall back to the mask areas
+            g_avg[j] = g_rle_avg[j]
+        else:
+            truthy = list(filter(None, areas))
+            if truthy and set(map(type, truthy)) == {int}:
+                g_avg[j] = sum(truthy) / len(truthy)  # exact sum: same value as np.mean
+            else:
+                g_avg[j] = float(np.mean(truthy)) if truthy else 0.0
+    g_crowd, g_cat = g.crowd, g.cat
 
     # --- area-range flags
     lo = np.array([r[0] for r in p.area_rngs])[:, None]
