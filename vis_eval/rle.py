@@ -251,7 +251,9 @@ def _run_sums(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, n
     for p in (0, 1):
         c = x[p::2].copy()  # this parity's numbers: global index 2 i + p
         k0 = r0 + ((r0 + p) & 1)  # first number of this parity in each string
-        seg = np.sort(np.r_[k0[k0 < r1], (r0 + 2)[((r0 & 1) == p) & (r0 + 2 < r1)]]) // 2
+        # chain starts, in order: k0 and, where k0 is the string's first number, its third one
+        starts = np.stack([np.where(k0 < r1, k0, -1), np.where((k0 == r0) & (r0 + 2 < r1), r0 + 2, -1)], 1)
+        seg = starts[starts >= 0] // 2
         if seg.size:
             ssum = np.add.reduceat(c, seg)
             c[seg[1:]] -= ssum[:-1]
