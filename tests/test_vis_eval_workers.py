@@ -211,10 +211,21 @@ def _tricky_results() -> list:
     return rs
 
 
+def read_json_list_piece(path, k, n, keys):
+    """Piece ``k`` of ``n`` as the command reads it (None: it does not parse, or the text does not
+    have the ``n - 1`` cuts: then the command reads the file whole)."""
+    from vis_eval.file_io import json_list_cuts, json_list_piece, read_bytes
+
+    try:
+        _, data = read_bytes(path)
+    except OSError:
+        return None
+    cuts = json_list_cuts(data, n, keys)
+    return json_list_piece(data, cuts, k) if len(cuts) == n - 1 else None
+
+
 @pytest.mark.parametrize("layout", ["compact", "indented", "zip"])
 def test_json_list_pieces_are_the_whole_list_in_order(tmp_path, layout):
-    from vis_eval.file_io import read_json_list_piece
-
     rs = _tricky_results()
     text = json.dumps(rs, indent=2 if layout == "indented" else None)
     path = tmp_path / "res.json"
@@ -233,7 +244,6 @@ def test_json_list_pieces_are_the_whole_list_in_order(tmp_path, layout):
 def test_json_list_piece_none_unless_the_pieces_are_elements_of_the_list(tmp_path):
     """A boundary inside a nested list, a file that is not a list, a malformed file: the pieces
     that do not parse are None (the file is then read whole)."""
-    from vis_eval.file_io import read_json_list_piece
 
     path = tmp_path / "f.json"
     like = {key: 1 for key in RESULT_KEYS}  # nested objects that look like results
@@ -310,6 +320,23 @@ def test_command_pieces_give_the_reference_stats(config, rle_path, tmp_path, mon
         assert code == 0, err
         assert stats.keys() == ref.keys() and all(abs(stats[k] - ref[k]) <= 1e-12 for k in ref)
     assert combined == [2, 3]
+
+
+@needs_fork
+def test_command_reads_a_file_without_cuts_whole_in_each_process(tmp_path, monkeypatch, capsys):
+    """Results whose objects start with another key cannot be cut: every process parses the
+    whole file and the mask work is split by video, as the reference's stats show."""
+    gt, res = random_gt_and_results(np.random.default_rng(3), quirks=False, n_videos=8, gt_per_video=(1, 3))
+    res = [{"id": i, **r} for i, r in enumerate(res)]
+    parts = []
+    real = fast_mod._part_work
+    monkeypatch.setattr(fast_mod, "_MASKS_PER_WORKER", 1)
+    monkeypatch.setattr(fast_mod, "_part_work", lambda g, r, *a: parts.append(len(r)) or real(g, r, *a))
+    code, err, stats = _cli(tmp_path, gt, res, 2, capsys)
+    assert code == 0, err
+    ref = reference_evaluate(gt, res).as_dict()
+    assert all(abs(stats[k] - ref[k]) <= 1e-12 for k in ref)
+    assert parts == [len(res)]  # the parent's part of the videos, from the whole list
 
 
 @needs_fork

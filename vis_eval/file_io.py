@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["gc_paused", "read_json", "read_json_list_piece"]
+__all__ = ["gc_paused", "json_list_cuts", "json_list_piece", "read_bytes", "read_json"]
 
 
 def _zip_json_member(path: str) -> tuple[str, bytes]:
@@ -60,8 +60,9 @@ def _parse(data: str | bytes) -> Any:
         return json.loads(data)
 
 
-def _read_bytes(path: str) -> tuple[str, bytes]:
-    """(name for messages, bytes) of a local file or of the JSON member of a zip archive."""
+def read_bytes(path: str | os.PathLike) -> tuple[str, bytes]:
+    """(name for messages, bytes) of a local JSON file or of the JSON member of a zip archive."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"JSON file not found: {path}")
     if zipfile.is_zipfile(path):
@@ -86,32 +87,34 @@ def _holds_keys(data: bytes, start: int, keys: tuple[str, ...]) -> bool:
         return isinstance(value, dict) and all(k in value for k in keys)
 
 
-def read_json_list_piece(path: str | os.PathLike, k: int, n: int, keys: tuple[str, ...]) -> list | None:
-    """Piece ``k`` of ``n`` of the JSON list of objects in ``path`` (a local file or zip archive):
-    the elements between the boundaries found after the ``k/n`` points of the file, in order.
+def json_list_cuts(data: bytes, n: int, keys: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Up to ``n - 1`` places to cut the JSON list of objects ``data`` into pieces, the first after
+    each ``k/n`` point of the text: (end of the element before, start of the one after).
 
-    A boundary is a ``}`` and ``,`` followed by an object that starts with one of ``keys`` and
-    holds them all (nested objects normally do not). None when this piece does not parse (a
-    boundary was not between elements of the list, the file is malformed or not a list): the file
-    is then read whole. Piece ``k`` parsing proves that its end boundary lies between top-level
-    elements (the parser's state there is the whole file's), so when pieces ``0 .. n-1`` all
-    parse, together they are exactly the file's list.
+    A cut is a ``}`` and ``,`` followed by an object that starts with one of ``keys`` and holds
+    them all (nested objects normally do not). Whether it really lies between elements of the
+    list is proven by :func:`json_list_piece`.
     """
-    try:
-        _, data = _read_bytes(os.fspath(path))
-    except (OSError, ValueError):
-        return None
     first = b"|".join(re.escape(key.encode()) for key in keys)
     boundary = re.compile(rb'\}\s*,\s*(?=\{\s*"(?:' + first + rb')"\s*:)')
-    cuts: list[tuple[int, int]] = []  # (end of the element before, start of the one after)
+    cuts: list[tuple[int, int]] = []
     for j in range(1, n):
         pos = max(len(data) * j // n, cuts[-1][1] if cuts else 0)
         m = next((m for m in boundary.finditer(data, pos) if _holds_keys(data, m.end(), keys)), None)
         if m is None:
             break
         cuts.append((m.start() + 1, m.end()))
-    if k > len(cuts):  # fewer boundaries than pieces: the last ones are empty
-        return []
+    return cuts
+
+
+def json_list_piece(data: bytes, cuts: list[tuple[int, int]], k: int) -> list | None:
+    """Piece ``k`` of the JSON list ``data`` cut at ``cuts`` (:func:`json_list_cuts`): its elements
+    from cut ``k - 1`` to cut ``k``, or None when that text does not parse as a list.
+
+    Piece ``k`` parsing proves that its end cut lies between top-level elements (the parser's
+    state there is the whole text's), so when pieces ``0 .. len(cuts)`` all parse, together they
+    are exactly the text's list, in order.
+    """
     end = cuts[k][0] if k < len(cuts) else len(data)
     text = data[:end] if k == 0 else b"[" + data[cuts[k - 1][1] : end]
     if k < len(cuts):
@@ -136,14 +139,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
         with PathManager.open(path, "r") as f:
             data: str | bytes = f.read()
-    elif not os.path.isfile(path):
-        raise FileNotFoundError(f"JSON file not found: {path}")
-    elif zipfile.is_zipfile(path):
-        member, data = _zip_json_member(path)
-        source = f"{path}:{member}"
     else:
-        with open(path, "rb") as f:
-            data = f.read()
+        source, data = read_bytes(path)
     try:
         return _parse(data)
     except json.JSONDecodeError as e:

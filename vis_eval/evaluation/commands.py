@@ -33,7 +33,7 @@ import zipfile
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..file_io import read_json_list_piece
+from ..file_io import json_list_cuts, json_list_piece, read_bytes
 from .params import EvalResult, format_summary, load_gt, load_results
 from .reference import reference_evaluate
 from .results import ValidationReport, check_results, malformed_masks, validate_results
@@ -136,14 +136,26 @@ def _video_lengths(gt: dict) -> dict[int, tuple[int, int, int]]:
 
 def _evaluate_in_pieces(args: argparse.Namespace, gt: dict, pool: ForkedWorkers) -> EvalResult | None:
     """Each process reads, checks and evaluates its piece of the results file
-    (:class:`~vis_eval.evaluation.ytviseval.PieceEvaluation`); the parent combines them. None in
-    the parent when there is one process, a piece does not parse, has a problem
-    :func:`check_results` reports, or may repeat a track of another piece, or a child gave
-    nothing: the file is then read and checked whole (the problems reported as usual)."""
+    (:class:`~vis_eval.evaluation.ytviseval.PieceEvaluation`); the parent combines them.
+
+    None when the file is read whole instead: in every process when it cannot be cut into one
+    piece per process (then each process parses it and the mask work is split by video); in the
+    parent when a piece does not parse, has a problem :func:`check_results` reports or may repeat
+    a track of another piece, or a child gave nothing (then the parent alone reads, checks and
+    evaluates the whole file, reporting the problems as usual).
+    """
     k, n = pool.rank, pool.size
     if n <= 1:
         return None
-    piece = read_json_list_piece(args.results, k, n, _RESULT_KEYS)
+    try:
+        _, data = read_bytes(args.results)
+    except (OSError, ValueError):
+        return None
+    cuts = json_list_cuts(data, n, _RESULT_KEYS)
+    if len(cuts) < n - 1:
+        return None
+    piece = json_list_piece(data, cuts, k)
+    del data
     track_keys: list = []
     ok = piece is not None and _piece_is_valid(piece, gt, track_keys)
     if not ok and k == 0:
@@ -231,7 +243,9 @@ def _evaluate_command(args: argparse.Namespace, workers: ForkedWorkers) -> int:
             print(f"error: {report.n_errors} problem(s) in {args.results}; nothing scored", file=sys.stderr)
             return 2
         try:
-            res = reference_evaluate(gt, results) if args.reference else evaluate(gt, results)
+            res = (
+                reference_evaluate(gt, results) if args.reference else evaluate(gt, results, workers=workers)
+            )
         except (OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
