@@ -358,3 +358,18 @@ def test_command_pieces_report_problems_as_one_process(problem, tmp_path, capsys
     one = _cli(tmp_path, gt, res, 1, capsys)
     assert one[0] == 2
     assert _cli(tmp_path, gt, res, 2, capsys) == one
+
+
+@needs_fork
+def test_children_reaped_after_their_answers():
+    """The parent does not wait for a child's exit to use its answer; the child is reaped later
+    (no zombie is left once the next pool starts)."""
+    import time
+
+    from vis_eval.evaluation import workers as workers_mod
+
+    with ForkedWorkers(3) as pool:
+        assert pool.map(lambda part: part + 1, [1, 2, 3]) == [2, 3, 4]
+    time.sleep(0.5)
+    ForkedWorkers(1)
+    assert workers_mod._exited == []

@@ -45,6 +45,20 @@ def default_workers(limit: int = 4) -> int:
     return max(1, min(n, limit))
 
 
+_exited: list[int] = []  # children that have sent their answer, not reaped yet
+
+
+def _reap() -> None:
+    """Reap the children of :data:`_exited` that have ended (no waiting)."""
+    for pid in list(_exited):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped
+            done = pid
+        if done:
+            _exited.remove(pid)
+
+
 class ForkedWorkers:
     """This process (rank 0) and ``n - 1`` children forked at creation (ranks 1 .. n-1).
 
@@ -57,6 +71,7 @@ class ForkedWorkers:
         self._children: dict[int, tuple[int, int]] = {}  # rank -> (pid, read end of its pipe)
         self._pipe_w = -1
         self.size = 1  # the number of processes, the same in all of them
+        _reap()
         if n <= 1 or not can_fork():
             return
         self.size = n
@@ -120,19 +135,22 @@ class ForkedWorkers:
             os._exit(status)  # no atexit handlers, no flushing of buffers inherited from the parent
 
     def _collect(self, rank: int) -> tuple[Any, Any] | None:
-        """(part, result) sent by the child of ``rank``, or None if it sent nothing usable."""
+        """(part, result) sent by the child of ``rank``, or None if it sent nothing usable.
+
+        The child is not waited for: a whole pickle is its whole answer (it writes only after
+        computing), and its exit (unmapping the memory of a process that parsed large files) takes
+        milliseconds. It is reaped later (:func:`_reap`)."""
         child = self._children.pop(rank, None)
         if child is None:
             return None
         pid, r = child
         with os.fdopen(r, "rb") as f:
             data = f.read()
-        _, status = os.waitpid(pid, 0)
-        if status != 0 or not data:
-            return None
+        _exited.append(pid)
+        _reap()
         try:
-            return pickle.loads(data)
-        except Exception:  # a truncated pickle
+            return pickle.loads(data) if data else None
+        except Exception:  # a truncated pickle: the child died while writing
             return None
 
     def close(self) -> None:
