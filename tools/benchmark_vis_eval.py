@@ -21,7 +21,10 @@ checks that the 12 stats are equal and prints the median wall-clock and CPU (use
 processes) times and their ratios, the load averages, and the time of
 ``python -m vis_eval.evaluate --help``. Bytecode caches are written first, as after an install::
 
-    python tools/benchmark_vis_eval.py --whole-process [--rounds 5] [--files busy sparse] [--out DIR]
+    python tools/benchmark_vis_eval.py --whole-process [--rounds 5] [--files busy sparse] [--by-video] [--out DIR]
+
+The results of these files are in random order; ``--by-video`` orders them by video, as inference
+writes them (then each worker process's piece of the file holds the results of fewer videos).
 
 On a shared machine the CPU-time ratios are the steadier figures; wall-clock ratios follow them
 when the load is below the number of cores. Figures: ``projects/vis_eval/README.md``.
@@ -70,8 +73,11 @@ REGIMES = {
 }
 
 
-def make_files(out_dir: str, n_videos: int, seed: int, regime: str = "crowded") -> tuple[str, str]:
-    """Write ``gt.json`` and ``results.json`` with ``n_videos`` random videos; return their paths."""
+def make_files(
+    out_dir: str, n_videos: int, seed: int, regime: str = "crowded", by_video: bool = False
+) -> tuple[str, str]:
+    """Write ``gt.json`` and ``results.json`` with ``n_videos`` random videos (results in random
+    order, or ``by_video``: ordered by video as inference writes them); return their paths."""
     sys.path.insert(0, TESTS_DIR)  # the random cases generator is a test fixture (tests/random_vis_cases.py)
     from random_vis_cases import random_gt_and_results
 
@@ -88,6 +94,8 @@ def make_files(out_dir: str, n_videos: int, seed: int, regime: str = "crowded") 
     )
     kwargs.update(REGIMES[regime])
     gt, results = random_gt_and_results(rng, **kwargs)
+    if by_video:
+        results.sort(key=lambda r: r["video_id"])
     gt_path = os.path.join(out_dir, "gt.json")
     res_path = os.path.join(out_dir, "results.json")
     with open(gt_path, "w") as f:
@@ -145,7 +153,7 @@ def _load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def whole_process(out_dir: str, rounds: int, regimes: list[str]) -> int:
+def whole_process(out_dir: str, rounds: int, regimes: list[str], by_video: bool = False) -> int:
     """Interleaved whole-process timings of ``vis_eval.evaluate`` (accelerated when the C extension
     is built, and pure with ``VIS_EVAL_PURE=1``) and the official baseline."""
     from vis_eval import rle_accel
@@ -175,7 +183,7 @@ def whole_process(out_dir: str, rounds: int, regimes: list[str]) -> int:
     for regime in regimes:
         sub = os.path.join(out_dir, regime)
         os.makedirs(sub, exist_ok=True)
-        gt_path, res_path = make_files(sub, 300, 0, regime)
+        gt_path, res_path = make_files(sub, 300, 0, regime, by_video)
         outs = {v: os.path.join(sub, f"{v}.json") for v in variants}
         ours = [py, "-m", "vis_eval.evaluate", gt_path, res_path]
         cmds = {
@@ -234,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         default=["busy", "sparse"],
         help="files of --whole-process",
     )
+    parser.add_argument(
+        "--by-video",
+        action="store_true",
+        help="--whole-process files with the results ordered by video (as inference writes them; "
+        "default: random order)",
+    )
     parser.add_argument("--official-process", nargs=2, metavar=("GT", "RESULTS"), help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--videos", type=int, default=100)
@@ -247,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return official_process(*args.official_process, args.json)
     if args.whole_process:
         with tempfile.TemporaryDirectory() as tmp:
-            return whole_process(args.out or tmp, args.rounds, args.files)
+            return whole_process(args.out or tmp, args.rounds, args.files, args.by_video)
 
     from vis_eval import rle_accel
 

@@ -48,11 +48,11 @@ def default_workers(limit: int = 4) -> int:
 _exited: list[int] = []  # children that have sent their answer, not reaped yet
 
 
-def _reap() -> None:
-    """Reap the children of :data:`_exited` that have ended (no waiting)."""
+def _reap(wait: bool = False) -> None:
+    """Reap the children of :data:`_exited` that have ended (``wait``: all of them)."""
     for pid in list(_exited):
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
         except ChildProcessError:  # already reaped
             done = pid
         if done:
@@ -139,7 +139,8 @@ class ForkedWorkers:
 
         The child is not waited for: a whole pickle is its whole answer (it writes only after
         computing), and its exit (unmapping the memory of a process that parsed large files) takes
-        milliseconds. It is reaped later (:func:`_reap`)."""
+        milliseconds. It is reaped at the end of the pool's block (by then it has exited; its CPU
+        time then counts in this process's children's)."""
         child = self._children.pop(rank, None)
         if child is None:
             return None
@@ -175,3 +176,4 @@ class ForkedWorkers:
         if self.is_child:
             os._exit(0 if exc_type is None else 1)
         self.close()
+        _reap(wait=True)
