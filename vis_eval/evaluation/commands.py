@@ -9,9 +9,11 @@ Invalid results are refused before scoring (exit status 2), with the checks of `
 (:func:`vis_eval.evaluation.results.check_results`): unknown videos or categories, scores that are not
 finite numbers, ``segmentations`` lists that are not one entry per frame, duplicate tracks. Masks
 whose RLE runs do not cover their H x W pixels are refused by the evaluation itself (pycocotools
-would loop forever on them), in the pass that computes the mask areas. The mask work
-is split by video over worker processes forked before the files are read (``--workers``; see
-:mod:`vis_eval.evaluation.workers`).
+would loop forever on them), in the pass that computes the mask areas. Worker processes
+(``--workers``) are forked before the files are read; each reads the GT and its piece of the
+results file, checks it and computes its mask work, and the parent combines the pieces
+(:class:`~vis_eval.evaluation.ytviseval.PieceEvaluation`; on any problem it reads the whole file
+itself, so errors are reported as with one process).
 
 Check a results file before evaluation or upload (exit status 1 when it has errors)::
 
@@ -83,7 +85,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=None,
-        help="processes for the mask work, forked before the files are read, each parsing them "
+        help="processes, forked before the files are read, each reading and evaluating its piece of "
+        "the results file "
         "(default: the usable CPUs, at most 4 and at most as many as the available memory holds "
         "parsed copies of the files; 1 on macOS / Windows)",
     )
@@ -100,7 +103,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     elif workers is None:
         workers = min(default_workers(), _affordable_copies(args.gt, args.results))
     try:
-        # the children parse the files themselves, in parallel with this process (see workers.py)
+        # the children read the files themselves, in parallel with this process (see workers.py)
         with ForkedWorkers(workers) as pool:
             return _evaluate_command(args, pool)
     finally:
