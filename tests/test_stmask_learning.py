@@ -12,7 +12,7 @@ from stmask.data import STMaskClipMapper
 from vis_eval.evaluation.video_inference import evaluate_video_dataset
 
 DATASET = "stmask_learning"  # the first 2 videos of synthetic_vis_tiny
-ITERATIONS = 200
+ITERATIONS = 150
 LR = 2e-3
 
 
