@@ -251,10 +251,10 @@ class _Duplicates:
             self._full[k] = key
         return self._full[k]
 
-    def keys(self) -> list:
-        """Per track registered and comparable: its first-level key, the frames of its first and
-        last masks and its last mask (equal tracks have equal keys)."""
-        out = []
+    def key_hashes(self) -> set[int]:
+        """Hashes of a key per track registered and comparable: its first-level key, the frames of
+        its first and last masks and its last mask (equal tracks have equal keys)."""
+        out = set()
         for head, tracks in self._by_head.items():
             for k in tracks:
                 segms = self._segms[k]
@@ -262,10 +262,9 @@ class _Duplicates:
                 last = len(segms) - 1 - next((t for t, s in enumerate(reversed(segms)) if s), 0)
                 key = (head, first, last, _mask_key(segms[last]) if segms else None)
                 try:
-                    hash(key)
+                    out.add(hash(key))
                 except TypeError:  # an unhashable mask: not compared
-                    continue
-                out.append(key)
+                    pass
         return out
 
     def first_of(self, k: int, vid: Any, cat: Any, segms: list) -> int | None:
@@ -295,7 +294,7 @@ def check_results(
     err: Callable[[str], None],
     warn: Callable[[str], None],
     max_dets: int = 100,
-    duplicate_keys: list | None = None,
+    duplicate_keys: set | None = None,
 ) -> list[int]:
     """The per-result checks shared by ``vis_eval.validate`` and ``vis_eval.evaluate``.
 
@@ -304,8 +303,8 @@ def check_results(
     unknown video or category, a score that is not a finite number, ``segmentations`` not a list or
     not one entry per frame, duplicate tracks (same video, category and masks). Returns the indices of
     the results whose ``video_id`` and ``segmentations`` list are usable for per-frame checks.
-    ``duplicate_keys``: receives keys of the tracks compared by the duplicate check (two lists
-    with no common key hold no duplicate of each other's tracks).
+    ``duplicate_keys``: receives hashes of keys of the tracks compared by the duplicate check (two
+    lists with no common hash hold no duplicate of each other's tracks).
     """
     usable: list[int] = []
     per_bucket: Counter = Counter()
@@ -367,7 +366,7 @@ def check_results(
         if n > max_dets:
             warn(f"video {vid}, category {cat}: {n} tracks; only the {max_dets} best-scored are evaluated")
     if duplicate_keys is not None:
-        duplicate_keys.extend(duplicates.keys())
+        duplicate_keys.update(duplicates.key_hashes())
     missing_videos = sorted(set(videos) - seen_videos)
     if missing_videos and results:
         warn(f"{len(missing_videos)} of {len(videos)} videos have no results (e.g. {missing_videos[:5]})")

@@ -867,7 +867,9 @@ def _combine(g: _GroundTruth, work: list[_PartWork]) -> EvalResult:
     keys = sorted(k for k in d_bucket if k in g.bucket)
     bucket_lists = [(d_bucket[k], g.bucket[k]) for k in keys]
     has = d_row >= 0
-    n_cols = np.array([len(g.bucket[k]) for k in keys for _ in d_bucket[k]], np.int64)
+    n_cols = np.repeat(
+        np.array([len(gi) for _, gi in bucket_lists], np.int64), [len(di) for di, _ in bucket_lists]
+    )
     col = np.arange(int(n_cols.sum())) - np.repeat(np.cumsum(n_cols) - n_cols, n_cols)
     take = np.repeat(d_row[has], n_cols) + col
     flat = np.concatenate([w.ious for w in work])[take]
